@@ -1,0 +1,119 @@
+"""Open a photo safely: one opener for training, the CLI and the server, so a rule about a strange photo is
+written once. Returns an upright RGB image or raises ImageError naming the file and the reason."""
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["ImageError", "Photo", "open_image", "file_hash", "IMAGE_SUFFIXES", "MAX_PIXELS", "MIN_SIDE"]
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".png", ".webp", ".gif", ".bmp"}
+MAX_PIXELS = 40_000_000  # a declared size above this is treated as a decompression bomb
+MIN_SIDE = 16  # smaller than this carries no face and no usable whole-image features
+MAX_FILE_BYTES = 50 * 1024 * 1024
+
+Source = Union[str, Path, bytes]
+
+
+class ImageError(ValueError):
+    """A photo that cannot be used; str() is 'path: reason'."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+@dataclass
+class Photo:
+    """An upright RGB photo and where it came from."""
+
+    path: str
+    image: Image.Image
+    sha256: str
+
+    @property
+    def array(self) -> np.ndarray:
+        return np.asarray(self.image)
+
+
+def file_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_bytes(source: Source, name: str) -> bytes:
+    if isinstance(source, bytes):
+        return source
+    path = Path(source)
+    if not path.exists():
+        raise ImageError(name, "file not found")
+    if path.is_dir():
+        raise ImageError(name, "is a folder, not an image")
+    size = path.stat().st_size
+    if size == 0:
+        raise ImageError(name, "empty file (0 bytes)")
+    if size > MAX_FILE_BYTES:
+        raise ImageError(name, f"file too large ({size / 1e6:.0f} MB; limit {MAX_FILE_BYTES / 1e6:.0f} MB)")
+    return path.read_bytes()
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Palette, alpha, CMYK, greyscale and 16-bit modes to 8-bit RGB (alpha composited on white)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if arr.max() > 255 else 255.0
+        return Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8)).convert("RGB")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        span = max(arr.max() - arr.min(), 1e-9)
+        return Image.fromarray(((arr - arr.min()) / span * 255).astype(np.uint8)).convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def open_image(source: Source, name: str | None = None) -> Photo:
+    """Read a file (or bytes) into an upright RGB Photo. Raises ImageError('name: reason')."""
+    name = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
+    data = _read_bytes(source, name)
+    if len(data) == 0:
+        raise ImageError(name, "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > MAX_PIXELS:
+                raise ImageError(name, f"image too large ({w}x{h} px declared; limit {MAX_PIXELS:,} pixels)")
+            if getattr(img, "n_frames", 1) > 1:
+                img.seek(0)  # animated GIF/WebP: the first frame
+            img.load()
+            img = ImageOps.exif_transpose(img) or img
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(name, "not an image (unrecognised format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(name, "image too large (decompression bomb)") from None
+    except OSError as e:
+        msg = str(e)
+        reason = "truncated or damaged image" if "truncated" in msg or "broken" in msg else f"cannot decode image ({msg})"
+        raise ImageError(name, reason) from None
+    except Exception as e:  # any decoder bug is still the file's fault, not a crash
+        raise ImageError(name, f"cannot decode image ({type(e).__name__}: {e})") from None
+    if min(img.size) < MIN_SIDE:
+        raise ImageError(name, f"image too small ({img.size[0]}x{img.size[1]} px; need at least {MIN_SIDE} px a side)")
+    return Photo(path=name, image=_to_rgb(img), sha256=file_hash(data))
