@@ -20,7 +20,7 @@ __all__ = ["Extractor", "extract_many", "extractor_key"]
 def extractor_key(backbone: Path = BACKBONE_PATH) -> str:
     """Names the feature versions: a new backbone file gets a fresh cache folder."""
     digest = hashlib.sha256(Path(backbone).read_bytes()).hexdigest()[:12]
-    return f"v1-dlib5-resnet128-effl0-{digest}"
+    return f"v2-dlib5-resnet128-effl0-{digest}"
 
 
 class Extractor:

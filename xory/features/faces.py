@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,9 @@ __all__ = ["Face", "FaceEmbedder", "models_dir", "MIN_FACE_PX"]
 MIN_FACE_PX = 20  # faces narrower than this (in photo pixels) give unreliable descriptors
 DETECT_MAX_SIDE = 1600  # larger photos are shrunk for detection; boxes are mapped back
 DETECT_THRESHOLD = -0.2  # dlib's adjust_threshold: slightly more permissive than its default 0
+# When a photo shows no face, look again: one more upsampling (small faces), then tilted by +-30 degrees
+# (heads on a pillow, selfies at an angle). Costs time only on photos without a face.
+RETRIES = [(0, 1), (30, 0), (-30, 0)]  # (degrees counter-clockwise, extra upsampling)
 
 
 @dataclass
@@ -62,14 +66,15 @@ class FaceEmbedder:
         self.shapes = dlib.shape_predictor(str(folder / "shape_predictor_5_face_landmarks.dat"))
         self.encoder = dlib.face_recognition_model_v1(str(folder / "dlib_face_recognition_resnet_model_v1.dat"))
 
-    def detect(self, image: Image.Image) -> list[tuple[list[int], float]]:
+    def detect(self, image: Image.Image, extra_upsample: int = 0) -> list[tuple[list[int], float]]:
         """Boxes and detector scores, largest face first."""
         scale = 1.0
         work = image
         if max(image.size) > DETECT_MAX_SIDE:
             scale = DETECT_MAX_SIDE / max(image.size)
             work = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
-        rects, scores, _ = self.detector.run(np.asarray(work), _upsample_times(max(work.size)), DETECT_THRESHOLD)
+        upsample = _upsample_times(max(work.size)) + extra_upsample
+        rects, scores, _ = self.detector.run(np.asarray(work), upsample, DETECT_THRESHOLD)
         found = []
         for r, s in zip(rects, scores):
             box = [r.left() / scale, r.top() / scale, r.right() / scale, r.bottom() / scale]
@@ -91,6 +96,32 @@ class FaceEmbedder:
         return vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-9)
 
     def faces(self, image: Image.Image) -> list[Face]:
+        """Every face, largest first; boxes in the photo's pixels (a tilted find is boxed upright)."""
         found = self.detect(image)
-        vecs = self.embed_boxes(image, [b for b, _ in found])
-        return [Face(box=b, score=s, vector=v) for (b, s), v in zip(found, vecs)]
+        if found:
+            vecs = self.embed_boxes(image, [b for b, _ in found])
+            return [Face(box=b, score=s, vector=v) for (b, s), v in zip(found, vecs)]
+        for angle, extra in RETRIES:
+            if extra and max(image.size) > DETECT_MAX_SIDE // 2:
+                continue
+            work = image.rotate(angle, resample=Image.BILINEAR, expand=True) if angle else image
+            found = self.detect(work, extra)
+            if found:
+                vecs = self.embed_boxes(work, [b for b, _ in found])
+                return [Face(box=_unrotate(b, angle, image.size, work.size), score=s, vector=v)
+                        for (b, s), v in zip(found, vecs)]
+        return []
+
+
+def _unrotate(box: list[int], angle: float, size: tuple[int, int], rotated_size: tuple[int, int]) -> list[int]:
+    """The upright bounding box, in the original photo, of a box found in the photo rotated by `angle`."""
+    if not angle:
+        return box
+    t = math.radians(angle)
+    cx, cy, rx, ry = size[0] / 2, size[1] / 2, rotated_size[0] / 2, rotated_size[1] / 2
+    xs, ys = [], []
+    for x, y in [(box[0], box[1]), (box[2], box[1]), (box[0], box[3]), (box[2], box[3])]:
+        xs.append(cx + (x - rx) * math.cos(t) - (y - ry) * math.sin(t))
+        ys.append(cy + (x - rx) * math.sin(t) + (y - ry) * math.cos(t))
+    return [int(round(max(0, min(v, lim)))) for v, lim in
+            zip([min(xs), min(ys), max(xs), max(ys)], [size[0], size[1], size[0], size[1]])]

@@ -1,0 +1,115 @@
+"""The Gradio app: upload or paste a photo, see the answer and the named faces. Named API endpoints:
+/predict (the gr.Label shape, image parameter `img`, as the original "BTS or EXO" page expects) and
+/predict_faces (the `xory predict --json` object). Served from FastAPI with CORS open, so a page on any origin
+can call it."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+
+from .model import Model, Prediction  # noqa: E402
+
+__all__ = ["build_app", "build_server", "serve", "example_photos"]
+
+SHARED_EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "kpop"
+
+
+def example_photos(folder: Path | None = None, n: int = 6) -> list[str]:
+    """A few photos to try, from `folder` (or the shared data next to a checkout, when it is there)."""
+    folder = Path(folder) if folder else SHARED_EXAMPLES
+    if not folder.is_dir():
+        return []
+    picks: list[str] = []
+    for sub in sorted(p for p in folder.rglob("*") if p.is_dir()):
+        files = sorted(f for f in sub.iterdir() if f.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"})
+        big = [f for f in files if f.stat().st_size > 40_000]
+        if big:
+            picks.append(str(big[len(big) // 2]))
+    return picks[:: max(1, len(picks) // n)][:n]
+
+
+def _title(model: Model) -> str:
+    groups = model.groups
+    if len(groups) == 2:
+        return f"{groups[0].upper()} or {groups[1].upper()}?"
+    return " or ".join(groups[:4]) + "?"
+
+
+def build_app(model: Model, examples: list[str] | None = None) -> gr.Blocks:
+    def run(img: str | None) -> Prediction:
+        if not img:
+            raise gr.Error("no photo given")
+        p = model.predict(img, name=Path(img).name)
+        if p.error:
+            raise gr.Error(f"{p.path}: {p.error}")
+        return p
+
+    def predict(img: str) -> dict[str, float]:
+        """Classify a photo: the top-level answer with every class's confidence (gr.Label)."""
+        return run(img).confidences
+
+    def predict_faces(img: str) -> dict:
+        """Classify a photo: the answer, the confidences, and every face's box, member, group and confidence."""
+        return run(img).to_json()
+
+    def show(img: str | None):
+        p = run(img)
+        boxes = [((*f.box,), f"{f.label} {f.confidence:.0%}") for f in p.faces]
+        note = (f"{len(p.faces)} face(s) found; the answer combines them." if p.faces
+                else "No face found: the answer comes from the whole photo.")
+        return p.confidences, (img, boxes), note, p.to_json()
+
+    with gr.Blocks(title=_title(model)) as demo:
+        gr.Markdown(f"# {_title(model)}\nUpload or paste a photo. Each face is found, named, and the faces "
+                    "together give the answer; a photo without a face is judged as a whole.")
+        with gr.Row():
+            with gr.Column():
+                photo = gr.Image(type="filepath", label="Photo", sources=["upload", "clipboard"])
+                button = gr.Button("Classify", variant="primary")
+                if examples:
+                    gr.Examples(examples=examples, inputs=photo)
+            with gr.Column():
+                label = gr.Label(num_top_classes=len(model.top), label="Answer")
+                faces = gr.AnnotatedImage(label="Faces")
+                note = gr.Markdown()
+                with gr.Accordion("JSON", open=False):
+                    details = gr.JSON(label="predict_faces")
+        gr.on([button.click, photo.upload], show, inputs=photo, outputs=[label, faces, note, details],
+              api_visibility="private")
+        # API-only endpoints: a file input, so that every photo goes through xory's own opener and errors
+        with gr.Row(visible=False):
+            api_img = gr.File(type="filepath", label="img")
+            api_label = gr.Label()
+            api_json = gr.JSON()
+            api_go = gr.Button()
+        api_go.click(predict, inputs=api_img, outputs=api_label, api_name="predict")
+        api_go.click(predict_faces, inputs=api_img, outputs=api_json, api_name="predict_faces")
+    return demo
+
+
+def build_server(model: Model, examples: list[str] | None = None):
+    """FastAPI app with the Gradio app at / and CORS open to any origin."""
+    from fastapi import FastAPI
+    from fastapi.middleware.cors import CORSMiddleware
+
+    app = FastAPI(title="xory")
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
+    demo = build_app(model, examples)
+    demo.queue(default_concurrency_limit=2)
+    return gr.mount_gradio_app(app, demo, path="/", max_file_size="25mb", footer_links=["api"])
+
+
+def serve(model_dir: str | None = None, host: str = "127.0.0.1", port: int = 7860,
+          examples: str | None = None) -> None:
+    import uvicorn
+
+    model = Model.load(model_dir)
+    model.extractor  # noqa: B018  (load the embedders now, not on the first request)
+    app = build_server(model, example_photos(Path(examples) if examples else None))
+    print(f"xory: serving {model.bundle.folder} at http://{host}:{port}/  (API: /predict, /predict_faces)",
+          flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

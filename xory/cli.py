@@ -1,0 +1,100 @@
+"""The `xory` command. Thin: each subcommand parses, calls one function, prints."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _cmd_train(a: argparse.Namespace) -> int:
+    from .train import TrainConfig, train
+
+    cfg = TrainConfig(data=a.data, out=a.out, negatives=a.negatives, holdout=a.holdout, seed=a.seed, mode=a.mode,
+                      workers=a.workers, progress=not a.quiet)
+    train(cfg)
+    return 0
+
+
+def _expand(paths: list[str]) -> list[str]:
+    from .images import IMAGE_SUFFIXES
+
+    out: list[str] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            out.extend(str(f) for f in sorted(path.rglob("*"))
+                       if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
+        else:
+            out.append(p)
+    return out
+
+
+def _cmd_predict(a: argparse.Namespace) -> int:
+    from .model import load
+
+    model = load(a.model)
+    status = 0
+    for path in _expand(a.paths):
+        p = model.predict(path)
+        status = 1 if p.error else status
+        print(json.dumps(p.to_json()) if a.json else str(p), flush=True)
+    return status
+
+
+def _cmd_serve(a: argparse.Namespace) -> int:
+    from .app import serve
+
+    serve(model_dir=a.model, host=a.host, port=a.port)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xory", description="This or that? Photos in folders -> a classifier, "
+                                     "faces first.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model bundle from folders of labelled photos")
+    t.add_argument("data", help="folder of label folders (e.g. kpop/bts/jimin/*.jpg)")
+    t.add_argument("--out", required=True, help="model folder to write")
+    t.add_argument("--negatives", help="folder of photos of people who belong to no class: taught as 'neither'")
+    t.add_argument("--holdout", type=float, default=0.0, help="share held out to measure (0 = train on all)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--mode", choices=["auto", "faces", "image"], default="auto")
+    t.add_argument("--workers", type=int, default=None, help="processes for feature extraction (default: cores)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("predict", help="classify photos (files or folders)")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--model", help="model folder (default: the bundled BTS-or-EXO model)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=_cmd_predict)
+
+    s = sub.add_parser("serve", help="the Gradio app and its API")
+    s.add_argument("--model", help="model folder (default: the bundled BTS-or-EXO model)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=7860)
+    s.set_defaults(func=_cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    args = build_parser().parse_args(argv)
+    from .bundle import BundleError
+
+    try:
+        return args.func(args)
+    except (BundleError, FileNotFoundError, ValueError) as e:
+        print(f"xory {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Linear heads on cached vectors, and the rules that turn leaf probabilities into the photo's answer.
+
+Classes are label paths ("bts/jimin", "neither"); a top-level class's probability is the sum of its leaves'.
+Several faces: the photo's distribution is the mean of the faces' top-level distributions, each face weighted
+by its width in pixels (the face a photo is about is usually the largest; a face in the crowd counts less)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["LinearHead", "top_of", "roll_up", "face_weights", "combine_faces", "softmax"]
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def top_of(leaf: str) -> str:
+    return leaf.split("/", 1)[0]
+
+
+@dataclass
+class LinearHead:
+    """Multinomial logistic regression, stored as plain arrays: proba = softmax(((x - mean) / scale) W^T + b)."""
+
+    classes: list[str]
+    W: np.ndarray  # (k, d)
+    b: np.ndarray  # (k,)
+    mean: np.ndarray  # (d,)
+    scale: np.ndarray  # (d,)
+
+    def logits(self, X: np.ndarray) -> np.ndarray:
+        X = np.atleast_2d(np.asarray(X, np.float64))
+        return ((X - self.mean) / self.scale) @ self.W.T + self.b
+
+    def proba(self, X: np.ndarray) -> np.ndarray:
+        return softmax(self.logits(X))
+
+    @classmethod
+    def fit(cls, X: np.ndarray, y: list[str], C: float = 1.0, standardize: bool = True,
+            sample_weight: np.ndarray | None = None) -> "LinearHead":
+        """Fit on rows X with labels y; classes are weighted by 1/sqrt(count) so thin classes are heard without
+        letting a class of one photo dominate (full 'balanced' weighting over-predicts such classes)."""
+        from sklearn.linear_model import LogisticRegression
+
+        X = np.asarray(X, np.float64)
+        classes = sorted(set(y))
+        if len(classes) < 2:
+            raise ValueError(f"need at least two classes to train a head, got {classes}")
+        mean = X.mean(axis=0) if standardize else np.zeros(X.shape[1])
+        scale = X.std(axis=0) + 1e-6 if standardize else np.ones(X.shape[1])
+        counts = {c: y.count(c) for c in classes}
+        w = np.array([1.0 / np.sqrt(counts[c]) for c in y])
+        w *= len(y) / w.sum()
+        if sample_weight is not None:
+            w = w * sample_weight
+        clf = LogisticRegression(C=C, max_iter=3000)
+        clf.fit((X - mean) / scale, y, sample_weight=w)
+        W, b = clf.coef_, clf.intercept_
+        if len(classes) == 2:  # sklearn keeps one row for two classes: softmax([-z/2, z/2]) == sigmoid(z)
+            W, b = np.vstack([-W / 2, W / 2]), np.array([-b[0] / 2, b[0] / 2])
+        assert list(clf.classes_) == classes
+        return cls(classes=classes, W=W, b=b, mean=mean, scale=scale)
+
+    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        return {f"{prefix}_W": self.W.astype(np.float32), f"{prefix}_b": self.b.astype(np.float32),
+                f"{prefix}_mean": self.mean.astype(np.float32), f"{prefix}_scale": self.scale.astype(np.float32)}
+
+    @classmethod
+    def from_arrays(cls, prefix: str, classes: list[str], arrays: dict[str, np.ndarray]) -> "LinearHead":
+        head = cls(classes=list(classes), W=arrays[f"{prefix}_W"].astype(np.float64),
+                   b=arrays[f"{prefix}_b"].astype(np.float64), mean=arrays[f"{prefix}_mean"].astype(np.float64),
+                   scale=arrays[f"{prefix}_scale"].astype(np.float64))
+        if head.W.shape[0] != len(classes):
+            raise ValueError(f"head '{prefix}' has {head.W.shape[0]} rows for {len(classes)} classes")
+        return head
+
+
+def roll_up(proba: np.ndarray, classes: list[str], top: list[str]) -> np.ndarray:
+    """(n, leaves) -> (n, top): a top-level class's probability is the sum of its leaves'."""
+    index = {t: i for i, t in enumerate(top)}
+    out = np.zeros((np.atleast_2d(proba).shape[0], len(top)))
+    for j, c in enumerate(classes):
+        out[:, index[top_of(c)]] += np.atleast_2d(proba)[:, j]
+    return out
+
+
+def face_weights(widths: list[int]) -> np.ndarray:
+    w = np.asarray(widths, np.float64)
+    return w / w.sum()
+
+
+def combine_faces(face_top: np.ndarray, widths: list[int]) -> np.ndarray:
+    """(faces, top) -> (top,): the width-weighted mean of the faces' distributions (see the module docstring)."""
+    return face_weights(widths) @ face_top

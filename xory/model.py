@@ -1,0 +1,135 @@
+"""Model = embedders + heads: predict(photo) -> Prediction. The one Prediction shape feeds the CLI, the API and
+the web page, so they never disagree."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from .bundle import BundleError, ModelBundle, default_model_dir, file_sha256
+from .dataset import NEITHER
+from .features.cache import PhotoFeatures
+from .features.faces import Face
+from .features.image import BACKBONE_PATH
+from .heads import LinearHead, combine_faces, roll_up, top_of
+from .images import ImageError, Photo, open_image
+
+__all__ = ["Model", "Prediction", "load"]
+
+
+@dataclass
+class Prediction:
+    """One photo's answer. `to_json()` is exactly the `xory predict --json` line and the /predict_faces answer."""
+
+    path: str
+    label: str | None
+    confidences: dict[str, float]
+    faces: list[Face] = field(default_factory=list)
+    error: str | None = None
+    method: str = "faces"  # which head answered: "faces" or "image" (no face found, or an image-only model)
+
+    def to_json(self) -> dict:
+        return {
+            "path": self.path,
+            "label": self.label,
+            "confidences": {k: round(float(v), 4) for k, v in self.confidences.items()},
+            "faces": [{"box": [int(v) for v in f.box], "label": f.label, "group": f.group,
+                       "confidence": round(float(f.confidence), 4)} for f in self.faces],
+            "error": self.error,
+        }
+
+    def to_label(self) -> dict:
+        """The gr.Label shape: {"label": ..., "confidences": [{"label": ..., "confidence": ...}]}, best first."""
+        return {"label": self.label,
+                "confidences": [{"label": k, "confidence": round(float(v), 4)} for k, v in self.confidences.items()]}
+
+    def __str__(self) -> str:
+        if self.error:
+            return f"{self.path}: error: {self.error}"
+        best = ", ".join(f"{k} {v:.0%}" for k, v in list(self.confidences.items())[:3])
+        faces = "; ".join(f"{f.label} ({f.confidence:.0%})" for f in self.faces)
+        how = f"{len(self.faces)} face(s): {faces}" if self.faces else "no face found: whole-image answer"
+        return f"{self.path}: {self.label}  [{best}]  {how}"
+
+
+class Model:
+    """A loaded bundle. Thread-safe predict (the embedders run one photo at a time)."""
+
+    def __init__(self, bundle: ModelBundle):
+        m = bundle.manifest
+        self.bundle = bundle
+        self.manifest = m
+        self.top: list[str] = list(m["labels"]["top"])
+        heads = m["heads"]
+        self.face_head = (LinearHead.from_arrays("face", heads["face"]["classes"], bundle.arrays)
+                          if heads.get("face") else None)
+        self.image_head = (LinearHead.from_arrays("image", heads["image"]["classes"], bundle.arrays)
+                           if heads.get("image") else None)
+        backbone = m["features"]["image"]
+        self.backbone_path = (bundle.folder / backbone["file"]) if backbone.get("file") else BACKBONE_PATH
+        self._extractor = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, folder: str | Path | None = None) -> "Model":
+        bundle = ModelBundle.load(folder or default_model_dir())
+        backbone = bundle.manifest["features"]["image"]
+        if not backbone.get("file"):
+            if not BACKBONE_PATH.is_file() or file_sha256(BACKBONE_PATH) != backbone["sha256"]:
+                raise BundleError(f"{bundle.folder}: the model was trained with another backbone "
+                                  f"({backbone['name']} sha256 {backbone['sha256'][:12]}...) than this xory ships")
+        return cls(bundle)
+
+    @property
+    def extractor(self):
+        if self._extractor is None:
+            from .features.extract import Extractor
+
+            self._extractor = Extractor(self.backbone_path, threads=2)
+        return self._extractor
+
+    def features(self, photo: Photo) -> PhotoFeatures:
+        with self._lock:
+            return self.extractor(photo)
+
+    def predict_features(self, feats: PhotoFeatures, path: str = "") -> Prediction:
+        """The answer for already-extracted features (used by predict, training metrics and evaluation)."""
+        faces = feats.faces() if self.face_head is not None else []
+        if faces:
+            leaf_p = self.face_head.proba(np.stack([f.vector for f in faces]))
+            face_top = roll_up(leaf_p, self.face_head.classes, self.top)
+            for i, f in enumerate(faces):
+                j = int(np.argmax(leaf_p[i]))
+                leaf = self.face_head.classes[j]
+                faces[i] = replace(f, label=leaf.rsplit("/", 1)[-1], group=top_of(leaf), confidence=float(leaf_p[i, j]))
+            dist = combine_faces(face_top, [f.width for f in faces])
+            method = "faces"
+        else:
+            leaf_p = self.image_head.proba(feats.image_vector[None])
+            dist = roll_up(leaf_p, self.image_head.classes, self.top)[0]
+            method = "image"
+        order = np.argsort(-dist, kind="stable")
+        confidences = {self.top[i]: float(dist[i]) for i in order}
+        return Prediction(path=path, label=self.top[int(order[0])], confidences=confidences, faces=faces,
+                          method=method)
+
+    def predict(self, source: str | Path | bytes | Photo, name: str | None = None) -> Prediction:
+        """A Prediction for a file, bytes or Photo; a photo that cannot be read gives one with `error` set."""
+        path = name or (source.path if isinstance(source, Photo) else str(source) if not isinstance(source, bytes)
+                        else "<bytes>")
+        try:
+            photo = source if isinstance(source, Photo) else open_image(source, path)
+        except ImageError as e:
+            return Prediction(path=path, label=None, confidences={}, faces=[], error=e.reason, method="none")
+        return self.predict_features(self.features(photo), path)
+
+    @property
+    def groups(self) -> list[str]:
+        return [t for t in self.top if t != NEITHER]
+
+
+def load(folder: str | Path | None = None) -> Model:
+    """Load a model bundle (default: the bundled BTS-or-EXO model)."""
+    return Model.load(folder)

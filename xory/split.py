@@ -1,0 +1,89 @@
+"""Hold-out splits that do not leak: near-duplicate photos, crops cut from one group photo, and (for negatives)
+all photos of one person stay on one side. Clusters come from the cached features:
+- two photos that share a near-identical face (descriptor distance < FACE_DUP) are one photo, or crops of one;
+- two photos whose whole-image vectors have cosine similarity > IMAGE_DUP are near-duplicates."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from .dataset import Sample
+from .features.cache import PhotoFeatures
+
+__all__ = ["duplicate_clusters", "holdout_split", "FACE_DUP", "IMAGE_DUP"]
+
+FACE_DUP = 0.2  # same face from the same shot; different photos of one person lie around 0.3-0.5
+IMAGE_DUP = 0.95
+
+
+class _UnionFind:
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, i: int, j: int) -> None:
+        self.parent[self.find(i)] = self.find(j)
+
+
+def duplicate_clusters(feats: list[PhotoFeatures], face_dup: float = FACE_DUP,
+                       image_dup: float = IMAGE_DUP) -> list[int]:
+    """A cluster id for each photo: photos in one cluster are copies, near-copies or crops of one another."""
+    n = len(feats)
+    uf = _UnionFind(n)
+    owners = np.concatenate([np.full(f.n_faces, i) for i, f in enumerate(feats)] + [np.zeros(0, int)]).astype(int)
+    vectors = [f.face_vectors for f in feats if f.n_faces]
+    if vectors:
+        V = np.concatenate(vectors)
+        for start in range(0, len(V), 2048):
+            block = V[start:start + 2048]
+            d2 = (block ** 2).sum(1)[:, None] + (V ** 2).sum(1)[None, :] - 2 * block @ V.T
+            for a, b in zip(*np.nonzero(d2 < face_dup ** 2)):
+                if owners[start + a] != owners[b]:
+                    uf.union(owners[start + a], owners[b])
+    X = np.stack([f.image_vector for f in feats]).astype(np.float64)
+    X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-9)
+    for start in range(0, n, 2048):
+        sim = X[start:start + 2048] @ X.T
+        for a, b in zip(*np.nonzero(sim > image_dup)):
+            if start + a != b:
+                uf.union(start + a, b)
+    return [uf.find(i) for i in range(n)]
+
+
+def holdout_split(samples: list[Sample], feats: list[PhotoFeatures], fraction: float,
+                  seed: int = 0) -> tuple[list[int], list[int]]:
+    """(train indices, held-out indices): about `fraction` of each label held out, whole clusters at a time.
+    Negatives are held out by person (their source folder), so the held-out ones are people the model never saw."""
+    clusters = duplicate_clusters(feats)
+    uf = _UnionFind(len(samples))
+    for i, c in enumerate(clusters):
+        uf.union(i, c)
+    first_of_person: dict[str, int] = {}
+    for i, s in enumerate(samples):
+        if s.negative:
+            uf.union(i, first_of_person.setdefault(s.source, i))
+    members: dict[int, list[int]] = {}
+    for i in range(len(samples)):
+        members.setdefault(uf.find(i), []).append(i)
+    groups = list(members.values())
+    random.Random(seed).shuffle(groups)
+    totals: dict[str, int] = {}
+    for s in samples:
+        totals[s.leaf] = totals.get(s.leaf, 0) + 1
+    taken: dict[str, int] = {}
+    held: list[int] = []
+    for g in groups:
+        leaves = [samples[i].leaf for i in g]
+        main = max(set(leaves), key=leaves.count)
+        if taken.get(main, 0) + len(g) <= fraction * totals[main] + 0.5:
+            held.extend(g)
+            for leaf in leaves:
+                taken[leaf] = taken.get(leaf, 0) + 1
+    held_set = set(held)
+    return [i for i in range(len(samples)) if i not in held_set], sorted(held)

@@ -1,0 +1,226 @@
+"""Folder of labelled photos -> model bundle.
+
+Faces mode (chosen when at least half of the labelled photos show a face): a face head at the finest label
+(member), trained on the largest face of each member photo and on every face of a negative photo, plus a
+whole-image head at the top level for photos without a face. Image mode (bears, pets): one whole-image head at
+the finest label."""
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .bundle import ModelBundle, file_sha256
+from .dataset import NEITHER, Dataset, Sample, scan
+from .features.cache import FeatureCache, PhotoFeatures
+from .features.extract import extract_many, extractor_key
+from .features.image import BACKBONE_PATH
+from .heads import LinearHead, top_of
+from .model import Model
+from .split import holdout_split
+
+__all__ = ["TrainConfig", "train", "evaluate_split", "FACE_C", "IMAGE_C"]
+
+FACE_C = 10.0  # face descriptors are unit-length and well separated: a weakly regularised head
+IMAGE_C = 0.05  # 1280 standardised CNN features: strongly regularised
+FACES_MODE_MIN_SHARE = 0.5
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    negatives: str | None = None
+    holdout: float = 0.0
+    seed: int = 0
+    mode: str = "auto"  # "auto", "faces" or "image"
+    face_C: float = FACE_C
+    image_C: float = IMAGE_C
+    workers: int | None = None
+    cache_dir: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class _Table:
+    samples: list[Sample]
+    feats: list[PhotoFeatures]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _leaf_depths(samples: list[Sample]) -> dict[str, int]:
+    """The label depth of each top-level class's members (bts -> 2 when bts/jimin exists)."""
+    depth: dict[str, int] = {}
+    for s in samples:
+        depth[s.group] = max(depth.get(s.group, 0), len(s.label))
+    return depth
+
+
+def _face_rows(samples, feats) -> tuple[np.ndarray, list[str]]:
+    """Face head training rows: the largest face of a photo with a full label; every face of a negative."""
+    depth = _leaf_depths(samples)
+    X, y = [], []
+    for s, f in zip(samples, feats):
+        if not f.n_faces:
+            continue
+        if s.negative:
+            X.extend(f.face_vectors)
+            y.extend([NEITHER] * f.n_faces)
+        elif len(s.label) == depth[s.group]:
+            X.append(f.face_vectors[0])
+            y.append(s.leaf)
+    return np.asarray(X, np.float32).reshape(-1, 128), y
+
+
+def _image_rows(samples, feats, mode: str) -> tuple[np.ndarray, list[str]]:
+    depth = _leaf_depths(samples)
+    X, y = [], []
+    for s, f in zip(samples, feats):
+        if mode == "faces":
+            X.append(f.image_vector), y.append(s.group)
+        elif len(s.label) == depth[s.group]:
+            X.append(f.image_vector), y.append(s.leaf)
+    return np.asarray(X, np.float32), y
+
+
+def fit_bundle(samples: list[Sample], feats: list[PhotoFeatures], cfg: TrainConfig, mode: str,
+               log: Callable[[str], None] = print) -> ModelBundle:
+    top = sorted({s.group for s in samples}, key=lambda g: (g == NEITHER, g))
+    arrays: dict[str, np.ndarray] = {}
+    heads: dict[str, dict | None] = {"face": None, "image": None}
+    if mode == "faces":
+        X, y = _face_rows(samples, feats)
+        face = LinearHead.fit(X, y, C=cfg.face_C, standardize=False)
+        arrays.update(face.to_arrays("face"))
+        heads["face"] = {"classes": face.classes, "input": "face_descriptor_128", "C": cfg.face_C,
+                         "rows": len(y)}
+        log(f"face head: {len(y)} faces, {len(face.classes)} classes")
+    X, y = _image_rows(samples, feats, mode)
+    image = LinearHead.fit(X, y, C=cfg.image_C)
+    arrays.update(image.to_arrays("image"))
+    heads["image"] = {"classes": image.classes, "input": "efficientnet_lite0_1280", "C": cfg.image_C, "rows": len(y)}
+    log(f"image head: {len(y)} photos, {len(image.classes)} classes")
+    tree: dict[str, list[str]] = {t: [] for t in top}
+    for s in samples:
+        if len(s.label) > 1:
+            tree[s.group].append("/".join(s.label[1:]))
+    manifest = {
+        "labels": {"top": top, "tree": {k: sorted(set(v)) for k, v in tree.items()}},
+        "mode": mode,
+        "features": {
+            "faces": {"detector": "dlib HOG frontal", "landmarks": "shape_predictor_5_face_landmarks",
+                      "descriptor": "dlib_face_recognition_resnet_model_v1 (128-d)"} if mode == "faces" else None,
+            "image": {"name": "efficientnet_lite0", "file": None, "sha256": file_sha256(BACKBONE_PATH),
+                      "input": "224x224 squash, (x-127.5)/127.5"},
+        },
+        "heads": heads,
+        "aggregation": "faces: width-weighted mean of the faces' top-level distributions (a top-level class is "
+                       "the sum of its members); no face: the whole-image head",
+    }
+    return ModelBundle(manifest=manifest, arrays=arrays)
+
+
+def evaluate_split(model: Model, samples: list[Sample], feats: list[PhotoFeatures]) -> dict:
+    """Held-out metrics: top-level error and balanced error, member accuracy per group (largest face of member
+    photos), and the share of negatives answered 'neither'."""
+    preds = [model.predict_features(f, s.path) for s, f in zip(samples, feats)]
+    pos = [(s, p) for s, p in zip(samples, preds) if not s.negative]
+    out: dict = {"photos": len(samples)}
+    if pos:
+        per_class = {}
+        for g in sorted({s.group for s, _ in pos}):
+            rows = [p.label == g for s, p in pos if s.group == g]
+            per_class[g] = {"photos": len(rows), "recall": float(np.mean(rows))}
+        out["top_error"] = float(np.mean([p.label != s.group for s, p in pos]))
+        out["top_balanced_error"] = float(1 - np.mean([c["recall"] for c in per_class.values()]))
+        out["top_recall"] = per_class
+    depth = _leaf_depths(samples)
+    members = {}
+    for g in sorted({s.group for s, _ in pos}):
+        rows = [(s, p) for s, p in pos if s.group == g and len(s.label) == depth[g] > 1 and p.faces]
+        if rows:
+            members[g] = {"photos": len(rows),
+                          "accuracy": float(np.mean([p.faces[0].group + "/" + p.faces[0].label == s.leaf
+                                                     for s, p in rows]))}
+    if members:
+        out["member_accuracy"] = members
+    neg = [p for s, p in zip(samples, preds) if s.negative]
+    if neg:
+        out["neither_share"] = float(np.mean([p.label == NEITHER for p in neg]))
+        out["negatives"] = len(neg)
+    out["no_face_share"] = float(np.mean([p.method == "image" for p in preds]))
+    return out
+
+
+def load_table(cfg: TrainConfig, ds: Dataset, log: Callable[[str], None] = print) -> _Table:
+    cache = FeatureCache(extractor_key(BACKBONE_PATH), Path(cfg.cache_dir) if cfg.cache_dir else None)
+    results = extract_many([s.path for s in ds.samples], cache=cache, workers=cfg.workers, progress=cfg.progress)
+    table = _Table(samples=[], feats=[], skipped=list(ds.skipped))
+    for s in ds.samples:
+        r = results[s.path]
+        if isinstance(r, str):
+            table.skipped.append((s.path, r))
+        else:
+            table.samples.append(s)
+            table.feats.append(r)
+    return table
+
+
+def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> tuple[Path, dict]:
+    """Scan, extract (cached), fit, measure on the hold-out (if any), save the bundle. Returns (folder, summary)."""
+    t0 = time.time()
+    ds = scan(cfg.data, cfg.negatives)
+    log(f"{len(ds.samples)} photos in {len(ds.counts())} labels under {cfg.data}"
+        + (f" (+ negatives from {cfg.negatives})" if cfg.negatives else ""))
+    table = load_table(cfg, ds, log)
+    t_feat = time.time() - t0
+    for path, reason in table.skipped:
+        log(f"skipped {path}: {reason}")
+    if not table.samples:
+        raise ValueError(f"{cfg.data}: no readable photos")
+    with_face = np.mean([f.n_faces > 0 for s, f in zip(table.samples, table.feats) if not s.negative])
+    mode = cfg.mode if cfg.mode != "auto" else ("faces" if with_face >= FACES_MODE_MIN_SHARE else "image")
+    log(f"{with_face:.0%} of the photos show a face: {mode} mode")
+    train_idx, held_idx = list(range(len(table.samples))), []
+    if cfg.holdout > 0:
+        train_idx, held_idx = holdout_split(table.samples, table.feats, cfg.holdout, cfg.seed)
+        log(f"hold-out: {len(held_idx)} photos (whole duplicate clusters and people), {len(train_idx)} for training")
+    pick = lambda idx, xs: [xs[i] for i in idx]  # noqa: E731
+    t1 = time.time()
+    bundle = fit_bundle(pick(train_idx, table.samples), pick(train_idx, table.feats), cfg, mode, log)
+    t_fit = time.time() - t1
+    summary = {
+        "data": str(cfg.data), "negatives": cfg.negatives, "photos": len(table.samples),
+        "counts": {**ds.counts()}, "skipped": [{"path": p, "reason": r} for p, r in table.skipped],
+        "mode": mode, "face_share": float(with_face), "holdout": cfg.holdout, "seed": cfg.seed,
+        "train_photos": len(train_idx), "heldout_photos": len(held_idx),
+        "seconds": {"features": round(t_feat, 1), "fit": round(t_fit, 2)}, "python": platform.python_version(),
+    }
+    bundle.manifest["training"] = summary
+    if held_idx:
+        bundle.folder = None
+        metrics = evaluate_split(Model(bundle), pick(held_idx, table.samples), pick(held_idx, table.feats))
+        bundle.manifest["metrics"] = {"heldout": metrics}
+        log(format_metrics(metrics))
+    folder = bundle.save(cfg.out)
+    summary["seconds"]["total"] = round(time.time() - t0, 1)
+    log(f"saved {folder} in {summary['seconds']['total']} s (features {t_feat:.1f} s, fit {t_fit:.2f} s)")
+    return folder, bundle.manifest
+
+
+def format_metrics(m: dict) -> str:
+    lines = [f"held-out photos: {m['photos']}"]
+    if "top_error" in m:
+        lines.append(f"  top-level error {m['top_error']:.3f}, balanced error {m['top_balanced_error']:.3f}")
+        for g, c in m["top_recall"].items():
+            lines.append(f"    {g}: recall {c['recall']:.3f} ({c['photos']} photos)")
+    for g, c in m.get("member_accuracy", {}).items():
+        lines.append(f"  {g} member accuracy {c['accuracy']:.3f} ({c['photos']} photos with a face)")
+    if "neither_share" in m:
+        lines.append(f"  negatives answered 'neither': {m['neither_share']:.3f} ({m['negatives']} photos)")
+    lines.append(f"  answered from the whole image (no face): {m['no_face_share']:.3f}")
+    return "\n".join(lines)
