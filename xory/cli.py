@@ -13,7 +13,8 @@ __all__ = ["main"]
 def _cmd_train(a: argparse.Namespace) -> int:
     from .train import TrainConfig, train
 
-    cfg = TrainConfig(data=a.data, out=a.out, negatives=a.negatives, holdout=a.holdout, seed=a.seed, mode=a.mode,
+    cfg = TrainConfig(data=a.data, out=a.out, negatives=a.negatives, holdout=a.holdout, split=a.split, seed=a.seed,
+                      mode=a.mode,
                       workers=a.workers, progress=not a.quiet)
     train(cfg)
     return 0
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="model folder to write")
     t.add_argument("--negatives", help="folder of photos of people who belong to no class: taught as 'neither'")
     t.add_argument("--holdout", type=float, default=0.0, help="share held out to measure (0 = train on all)")
+    t.add_argument("--split", help="a split file (xory data split): train on its train side, measure on its test side")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--mode", choices=["auto", "faces", "image"], default="auto")
     t.add_argument("--workers", type=int, default=None, help="processes for feature extraction (default: cores)")

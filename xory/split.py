@@ -4,14 +4,17 @@ all photos of one person stay on one side. Clusters come from the cached feature
 - two photos whose whole-image vectors have cosine similarity > IMAGE_DUP are near-duplicates."""
 from __future__ import annotations
 
+import json
+import os
 import random
+from pathlib import Path
 
 import numpy as np
 
 from .dataset import Sample
 from .features.cache import PhotoFeatures
 
-__all__ = ["duplicate_clusters", "holdout_split", "FACE_DUP", "IMAGE_DUP"]
+__all__ = ["duplicate_clusters", "holdout_split", "save_split", "load_split", "FACE_DUP", "IMAGE_DUP"]
 
 FACE_DUP = 0.2  # same face from the same shot; different photos of one person lie around 0.3-0.5
 IMAGE_DUP = 0.95
@@ -87,3 +90,33 @@ def holdout_split(samples: list[Sample], feats: list[PhotoFeatures], fraction: f
                 taken[leaf] = taken.get(leaf, 0) + 1
     held_set = set(held)
     return [i for i in range(len(samples)) if i not in held_set], sorted(held)
+
+
+SPLIT_FORMAT = "xory-split"
+
+
+def save_split(path: str | Path, train: list[str], test: list[str], seed: int, holdout: float) -> Path:
+    """Write a split file: the photos' content hashes on each side (moving or renaming a photo keeps its side)."""
+    path = Path(path)
+    doc = {"format": SPLIT_FORMAT, "version": 1, "seed": seed, "holdout": holdout,
+           "train": sorted(set(train)), "test": sorted(set(test))}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load_split(path: str | Path) -> dict:
+    """Read a split file; {"train": set of sha256, "test": set of sha256, "seed", "holdout"}."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: split file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a split file (invalid JSON: {e})") from None
+    if not isinstance(doc, dict) or doc.get("format") != SPLIT_FORMAT:
+        raise ValueError(f"{path}: not a split file (expected \"format\": \"{SPLIT_FORMAT}\")")
+    return {"train": set(doc.get("train", [])), "test": set(doc.get("test", [])), "seed": doc.get("seed"),
+            "holdout": doc.get("holdout")}

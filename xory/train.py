@@ -7,6 +7,7 @@ the finest label."""
 from __future__ import annotations
 
 import platform
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +22,14 @@ from .features.extract import extract_many, extractor_key
 from .features.image import BACKBONE_PATH
 from .heads import LinearHead, top_of
 from .model import Model
-from .split import holdout_split
+from .split import holdout_split, load_split, save_split
 
-__all__ = ["TrainConfig", "train", "evaluate_split", "FACE_C", "IMAGE_C"]
+__all__ = ["TrainConfig", "train", "evaluate_split", "load_table", "fit_bundle", "FACE_C", "IMAGE_C", "SPLIT_FILE"]
 
 FACE_C = 10.0  # face descriptors are unit-length and well separated: a weakly regularised head
 IMAGE_C = 0.05  # 1280 standardised CNN features: strongly regularised
 FACES_MODE_MIN_SHARE = 0.5
+SPLIT_FILE = "split.json"
 
 
 @dataclass
@@ -36,6 +38,7 @@ class TrainConfig:
     out: str
     negatives: str | None = None
     holdout: float = 0.0
+    split: str | None = None  # a split file (xory data split): its "test" photos are held out
     seed: int = 0
     mode: str = "auto"  # "auto", "faces" or "image"
     face_C: float = FACE_C
@@ -186,7 +189,12 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> tuple[Path, d
     mode = cfg.mode if cfg.mode != "auto" else ("faces" if with_face >= FACES_MODE_MIN_SHARE else "image")
     log(f"{with_face:.0%} of the photos show a face: {mode} mode")
     train_idx, held_idx = list(range(len(table.samples))), []
-    if cfg.holdout > 0:
+    if cfg.split:
+        test = load_split(cfg.split)["test"]
+        held_idx = [i for i, f in enumerate(table.feats) if f.sha256 in test]
+        train_idx = [i for i, f in enumerate(table.feats) if f.sha256 not in test]
+        log(f"split {cfg.split}: {len(held_idx)} photos held out, {len(train_idx)} for training")
+    elif cfg.holdout > 0:
         train_idx, held_idx = holdout_split(table.samples, table.feats, cfg.holdout, cfg.seed)
         log(f"hold-out: {len(held_idx)} photos (whole duplicate clusters and people), {len(train_idx)} for training")
     pick = lambda idx, xs: [xs[i] for i in idx]  # noqa: E731
@@ -196,7 +204,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> tuple[Path, d
     summary = {
         "data": str(cfg.data), "negatives": cfg.negatives, "photos": len(table.samples),
         "counts": {**ds.counts()}, "skipped": [{"path": p, "reason": r} for p, r in table.skipped],
-        "mode": mode, "face_share": float(with_face), "holdout": cfg.holdout, "seed": cfg.seed,
+        "mode": mode, "face_share": float(with_face), "holdout": cfg.holdout, "split": cfg.split, "seed": cfg.seed,
         "train_photos": len(train_idx), "heldout_photos": len(held_idx),
         "seconds": {"features": round(t_feat, 1), "fit": round(t_fit, 2)}, "python": platform.python_version(),
     }
@@ -206,7 +214,13 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> tuple[Path, d
         metrics = evaluate_split(Model(bundle), pick(held_idx, table.samples), pick(held_idx, table.feats))
         bundle.manifest["metrics"] = {"heldout": metrics}
         log(format_metrics(metrics))
-    folder = bundle.save(cfg.out)
+    with tempfile.TemporaryDirectory() as tmp:
+        if held_idx:  # the bundle remembers which photos it never saw, so `xory evaluate` can measure on them
+            bundle.extra_files[SPLIT_FILE] = save_split(
+                Path(tmp) / SPLIT_FILE, [table.feats[i].sha256 for i in train_idx],
+                [table.feats[i].sha256 for i in held_idx], cfg.seed, cfg.holdout)
+            bundle.manifest["split_file"] = SPLIT_FILE
+        folder = bundle.save(cfg.out)
     summary["seconds"]["total"] = round(time.time() - t0, 1)
     log(f"saved {folder} in {summary['seconds']['total']} s (features {t_feat:.1f} s, fit {t_fit:.2f} s)")
     return folder, bundle.manifest
