@@ -39,7 +39,7 @@ def _title(model: Model) -> str:
     return " or ".join(groups[:4]) + "?"
 
 
-def build_app(model: Model, examples: list[str] | None = None) -> gr.Blocks:
+def build_app(model: Model, examples: list[str] | None = None, page_link: str | None = None) -> gr.Blocks:
     def run(img: str | None) -> Prediction:
         if not img:
             raise gr.Error("no photo given")
@@ -65,7 +65,8 @@ def build_app(model: Model, examples: list[str] | None = None) -> gr.Blocks:
 
     with gr.Blocks(title=_title(model)) as demo:
         gr.Markdown(f"# {_title(model)}\nUpload or paste a photo. Each face is found, named, and the faces "
-                    "together give the answer; a photo without a face is judged as a whole.")
+                    "together give the answer; a photo without a face is judged as a whole."
+                    + (f" Many photos at once: [the web page]({page_link})." if page_link else ""))
         with gr.Row():
             with gr.Column():
                 photo = gr.Image(type="filepath", label="Photo", sources=["upload", "clipboard"])
@@ -92,13 +93,23 @@ def build_app(model: Model, examples: list[str] | None = None) -> gr.Blocks:
 
 
 def build_server(model: Model, examples: list[str] | None = None):
-    """FastAPI app with the Gradio app at / and CORS open to any origin."""
+    """FastAPI app with the Gradio app at /, the web page at /web/ (xory/web, built from web/), and CORS open to
+    any origin."""
     from fastapi import FastAPI
     from fastapi.middleware.cors import CORSMiddleware
+    from fastapi.responses import HTMLResponse, RedirectResponse
+    from fastapi.staticfiles import StaticFiles
+
+    from .export import WEB_DIR, about_html
 
     app = FastAPI(title="xory")
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
-    demo = build_app(model, examples)
+    about = about_html(model.bundle.folder)
+    # before the Gradio mount, which catches every path under /
+    app.add_api_route("/web", lambda: RedirectResponse("web/"), include_in_schema=False)
+    app.add_api_route("/web/about.html", lambda: HTMLResponse(about), include_in_schema=False)
+    app.mount("/web", StaticFiles(directory=WEB_DIR, html=True), name="web")
+    demo = build_app(model, examples, page_link="web/")
     demo.queue(default_concurrency_limit=2)
     return gr.mount_gradio_app(app, demo, path="/", max_file_size="25mb", footer_links=["api"])
 
@@ -110,6 +121,6 @@ def serve(model_dir: str | None = None, host: str = "127.0.0.1", port: int = 786
     model = Model.load(model_dir)
     model.extractor  # noqa: B018  (load the embedders now, not on the first request)
     app = build_server(model, example_photos(Path(examples) if examples else None))
-    print(f"xory: serving {model.bundle.folder} at http://{host}:{port}/  (API: /predict, /predict_faces)",
-          flush=True)
+    print(f"xory: serving {model.bundle.folder} at http://{host}:{port}/  (API: /predict, /predict_faces; "
+          f"many photos: http://{host}:{port}/web/)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

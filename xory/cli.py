@@ -53,6 +53,27 @@ def _cmd_serve(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_site(a: argparse.Namespace) -> int:
+    from .export import export_site
+
+    r = export_site(a.out, api=a.api, model_dir=a.model, card=a.card)
+    print(f"wrote {r.folder}: {', '.join(r.files)}")
+    for note in r.notes:
+        print(f"note: {note}")
+    print("publish it with GitHub Pages (the folder as the site root); the page asks", a.api)
+    return 0
+
+
+def _cmd_space(a: argparse.Namespace) -> int:
+    from .export import export_space
+
+    r = export_space(a.out, model_dir=a.model)
+    print(f"wrote {r.folder}: {len(r.files)} files ({'; '.join(r.notes)})")
+    print(f"try it: cd {r.folder} && python -m venv .venv && .venv/bin/pip install -r requirements.txt && "
+          ".venv/bin/python app.py")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xory", description="This or that? Photos in folders -> a classifier, "
                                      "faces first.")
@@ -81,6 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=7860)
     s.set_defaults(func=_cmd_serve)
+
+    w = sub.add_parser("site", help="a static web page folder for GitHub Pages, asking a server")
+    w.add_argument("out", help="folder to write (new, empty, or an earlier `xory site`)")
+    w.add_argument("--api", required=True, help="the server's address, e.g. https://user-space.hf.space/")
+    w.add_argument("--model", help="model whose card becomes the About page (default: the bundled model)")
+    w.add_argument("--card", help="model card HTML for the About page (default: report.html in the model folder)")
+    w.set_defaults(func=_cmd_site)
+
+    h = sub.add_parser("space", help="a Hugging Face Space folder: app.py, pinned requirements, the model")
+    h.add_argument("out", help="folder to write (new, empty, or an earlier `xory space`)")
+    h.add_argument("--model", help="model folder (default: the bundled BTS-or-EXO model)")
+    h.set_defaults(func=_cmd_space)
     return parser
 
 
