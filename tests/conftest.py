@@ -61,6 +61,28 @@ def small_model(small_kpop, small_others, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def heldout_model(small_kpop, small_others, tmp_path_factory) -> Path:
+    """The small model's recipe with a quarter of the photos held out (its split.json records which), 3 folds."""
+    from xory.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("models") / "heldout"
+    folder, _ = train(TrainConfig(data=str(small_kpop), out=str(out), negatives=str(small_others), holdout=0.25,
+                                  folds=3, progress=False), log=lambda s: None)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def bears_model(tmp_path_factory) -> Path:
+    """An image-mode model (no faces) on 10 photos of each bear folder."""
+    from xory.train import TrainConfig, train
+
+    data = copy_subset(BEARS, tmp_path_factory.mktemp("bears") / "bears", per_folder=10)
+    folder, _ = train(TrainConfig(data=str(data), out=str(tmp_path_factory.mktemp("models") / "bears"), folds=0,
+                                  progress=False), log=lambda s: None)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def default_model():
     import xory
 

@@ -63,6 +63,23 @@ def build_app(model: Model, examples: list[str] | None = None, page_link: str | 
                 else "No face found: the answer comes from the whole photo.")
         return p.confidences, (img, boxes), note, p.to_json()
 
+    def why(img: str | None):
+        if not img:
+            raise gr.Error("no photo given")
+        ex = model.explain(img, name=Path(img).name, grid=5, max_faces=3)  # a 5x5 grid keeps it to seconds
+        if ex.prediction.error:
+            raise gr.Error(f"{ex.prediction.path}: {ex.prediction.error}")
+        return ex
+
+    def explain(img: str) -> dict:
+        """Why this answer: each face's weight and contribution to every class and its occlusion map, or the
+        whole-image class activation map; `heatmap` is the explanation picture as a PNG data URL."""
+        return why(img).to_json(heatmap=True)
+
+    def show_why(img: str | None):
+        ex = why(img)
+        return ex.image, "```\n" + str(ex) + "\n```"
+
     with gr.Blocks(title=_title(model)) as demo:
         gr.Markdown(f"# {_title(model)}\nUpload or paste a photo. Each face is found, named, and the faces "
                     "together give the answer; a photo without a face is judged as a whole."
@@ -79,6 +96,11 @@ def build_app(model: Model, examples: list[str] | None = None, page_link: str | 
                 note = gr.Markdown()
                 with gr.Accordion("JSON", open=False):
                     details = gr.JSON(label="predict_faces")
+        with gr.Accordion("Why? Explain the answer", open=False):
+            why_button = gr.Button("Explain")
+            why_image = gr.Image(type="pil", label="Explanation", interactive=False, format="png")
+            why_note = gr.Markdown()
+        why_button.click(show_why, inputs=photo, outputs=[why_image, why_note], api_visibility="private")
         gr.on([button.click, photo.upload], show, inputs=photo, outputs=[label, faces, note, details],
               api_visibility="private")
         # API-only endpoints: a file input, so that every photo goes through xory's own opener and errors
@@ -89,6 +111,7 @@ def build_app(model: Model, examples: list[str] | None = None, page_link: str | 
             api_go = gr.Button()
         api_go.click(predict, inputs=api_img, outputs=api_label, api_name="predict")
         api_go.click(predict_faces, inputs=api_img, outputs=api_json, api_name="predict_faces")
+        api_go.click(explain, inputs=api_img, outputs=api_json, api_name="explain")
     return demo
 
 
@@ -121,6 +144,6 @@ def serve(model_dir: str | None = None, host: str = "127.0.0.1", port: int = 786
     model = Model.load(model_dir)
     model.extractor  # noqa: B018  (load the embedders now, not on the first request)
     app = build_server(model, example_photos(Path(examples) if examples else None))
-    print(f"xory: serving {model.bundle.folder} at http://{host}:{port}/  (API: /predict, /predict_faces; "
+    print(f"xory: serving {model.bundle.folder} at http://{host}:{port}/  (API: /predict, /predict_faces, /explain; "
           f"many photos: http://{host}:{port}/web/)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -15,7 +15,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
     cfg = TrainConfig(data=a.data, out=a.out, negatives=a.negatives, holdout=a.holdout, split=a.split, seed=a.seed,
                       mode=a.mode,
-                      workers=a.workers, progress=not a.quiet)
+                      workers=a.workers, progress=not a.quiet, folds=a.folds)
     train(cfg)
     return 0
 
@@ -74,6 +74,36 @@ def _cmd_space(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(a: argparse.Namespace) -> int:
+    from .evaluate import evaluate, format_metrics, save_evaluation
+
+    ev = evaluate(a.model, a.data, a.negatives, split=a.split, progress=not a.quiet, top_n=a.top)
+    print(f"evaluated on {ev.note}")
+    print(format_metrics(ev.metrics))
+    for path in save_evaluation(ev, a.out):
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_explain(a: argparse.Namespace) -> int:
+    from .model import load
+
+    ex = load(a.model).explain(a.photo, grid=a.grid)
+    if ex.prediction.error:
+        raise ValueError(f"{ex.prediction.path}: {ex.prediction.error}")
+    print(json.dumps(ex.to_json()) if a.json else str(ex))
+    if a.out:
+        print(f"wrote {ex.save(a.out)}", file=sys.stderr if a.json else sys.stdout)
+    return 0
+
+
+def _cmd_report(a: argparse.Namespace) -> int:
+    from .report import write_report
+
+    print(f"wrote {write_report(a.model, a.data, a.out, a.negatives, split=a.split, progress=not a.quiet)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xory", description="This or that? Photos in folders -> a classifier, "
                                      "faces first.")
@@ -88,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--mode", choices=["auto", "faces", "image"], default="auto")
     t.add_argument("--workers", type=int, default=None, help="processes for feature extraction (default: cores)")
+    t.add_argument("--folds", type=int, default=5, help="cross-validation folds for the training table "
+                   "(0: none)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_cmd_train)
 
@@ -102,6 +134,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=7860)
     s.set_defaults(func=_cmd_serve)
+
+    e = sub.add_parser("evaluate", help="metrics, confusion matrices and top losses on labelled photos")
+    e.add_argument("model", help="model folder")
+    e.add_argument("data", help="folder of label folders (photos the model trained on are left out when it "
+                   "records its split)")
+    e.add_argument("--negatives", help="folder of photos of other people: the share answered 'neither'")
+    e.add_argument("--split", help="a split file: leave out its training side")
+    e.add_argument("--out", default="evaluation", help="folder for metrics.json, confusion_*.png, top_losses.png")
+    e.add_argument("--top", type=int, default=16, help="how many top losses to show")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.set_defaults(func=_cmd_evaluate)
+
+    x = sub.add_parser("explain", help="why a photo got its answer: face contributions, heat maps")
+    x.add_argument("photo")
+    x.add_argument("--model", help="model folder (default: the bundled BTS-or-EXO model)")
+    x.add_argument("--out", help="PNG to write the explanation picture to")
+    x.add_argument("--grid", type=int, default=7, help="occlusion grid over each face (grid x grid cells)")
+    x.add_argument("--json", action="store_true", help="the explanation as JSON")
+    x.set_defaults(func=_cmd_explain)
+
+    r = sub.add_parser("report", help="a model card: one self-contained report.html")
+    r.add_argument("model", help="model folder")
+    r.add_argument("--data", required=True, help="folder of label folders to measure on")
+    r.add_argument("--negatives", help="folder of photos of other people")
+    r.add_argument("--split", help="a split file: leave out its training side")
+    r.add_argument("--out", default="report.html", help="HTML file to write")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=_cmd_report)
 
     w = sub.add_parser("site", help="a static web page folder for GitHub Pages, asking a server")
     w.add_argument("out", help="folder to write (new, empty, or an earlier `xory site`)")

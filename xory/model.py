@@ -45,6 +45,38 @@ class Prediction:
         return {"label": self.label,
                 "confidences": [{"label": k, "confidence": round(float(v), 4)} for k, v in self.confidences.items()]}
 
+    def image(self, max_side: int = 768):
+        """The photo with each face boxed and named, reopened from `path` (None when it cannot be)."""
+        from .draw import boxes_image
+
+        try:
+            photo = open_image(self.path)
+        except ImageError:
+            return None
+        return boxes_image(photo.image, [f.box for f in self.faces],
+                           [f"{f.label} {f.confidence:.0%}" for f in self.faces], max_side=max_side)
+
+    def _repr_png_(self) -> bytes | None:
+        from .draw import png_bytes
+
+        img = None if self.error else self.image()
+        return png_bytes(img) if img is not None else None
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        from .draw import data_url
+
+        if self.error:
+            return f"<p><b>{escape(self.path)}</b>: error: {escape(self.error)}</p>"
+        img = self.image(max_side=480)
+        rows = "".join(f"<tr><td>{escape(k)}</td><td>{v:.1%}</td></tr>" for k, v in self.confidences.items())
+        faces = "".join(f"<li>{escape(str(f.label))} ({escape(str(f.group))}) {f.confidence:.0%}, box {f.box}</li>"
+                        for f in self.faces) or "<li>no face found: the whole photo decided</li>"
+        pic = f'<img src="{data_url(img, "JPEG")}" style="max-width:480px">' if img is not None else ""
+        return (f"<div><p><b>{escape(str(self.label))}</b> &mdash; {escape(self.path)}</p>"
+                f"<table>{rows}</table><ul>{faces}</ul>{pic}</div>")
+
     def __str__(self) -> str:
         if self.error:
             return f"{self.path}: error: {self.error}"
@@ -124,6 +156,15 @@ class Model:
         except ImageError as e:
             return Prediction(path=path, label=None, confidences={}, faces=[], error=e.reason, method="none")
         return self.predict_features(self.features(photo), path)
+
+    def explain(self, source: str | Path | bytes | Photo, name: str | None = None, grid: int = 7,
+                max_faces: int = 4):
+        """Why this answer (an Explanation): each face's contribution to the answer and, for the `max_faces`
+        largest, which part of the face mattered (a grid x grid occlusion map); without a face, the whole-image
+        class activation map. See xory.explain."""
+        from .explain import explain
+
+        return explain(self, source, name, grid=grid, max_faces=max_faces)
 
     @property
     def groups(self) -> list[str]:

@@ -16,7 +16,9 @@ from typing import Callable
 import numpy as np
 
 from .bundle import ModelBundle, file_sha256
+from .crossval import HeadRecipe, cross_validate
 from .dataset import NEITHER, Dataset, Sample, scan
+from .evaluate import evaluate_split, format_metrics
 from .features.cache import FeatureCache, PhotoFeatures
 from .features.extract import extract_many, extractor_key
 from .features.image import BACKBONE_PATH
@@ -41,6 +43,7 @@ class TrainConfig:
     split: str | None = None  # a split file (xory data split): its "test" photos are held out
     seed: int = 0
     mode: str = "auto"  # "auto", "faces" or "image"
+    folds: int = 5  # k-fold cross-validation of the heads on the training photos (the training table); 0: none
     face_C: float = FACE_C
     image_C: float = IMAGE_C
     workers: int | None = None
@@ -90,6 +93,15 @@ def _image_rows(samples, feats, mode: str) -> tuple[np.ndarray, list[str]]:
     return np.asarray(X, np.float32), y
 
 
+def head_recipes(cfg: TrainConfig, mode: str) -> dict[str, HeadRecipe]:
+    """The heads fit_bundle fits, as (rows, C, standardize): cross-validation refits them exactly."""
+    recipes: dict[str, HeadRecipe] = {}
+    if mode == "faces":
+        recipes["face"] = (_face_rows, cfg.face_C, False)
+    recipes["image"] = (lambda samples, feats: _image_rows(samples, feats, mode), cfg.image_C, True)
+    return recipes
+
+
 def fit_bundle(samples: list[Sample], feats: list[PhotoFeatures], cfg: TrainConfig, mode: str,
                log: Callable[[str], None] = print) -> ModelBundle:
     top = sorted({s.group for s in samples}, key=lambda g: (g == NEITHER, g))
@@ -125,38 +137,6 @@ def fit_bundle(samples: list[Sample], feats: list[PhotoFeatures], cfg: TrainConf
                        "the sum of its members); no face: the whole-image head",
     }
     return ModelBundle(manifest=manifest, arrays=arrays)
-
-
-def evaluate_split(model: Model, samples: list[Sample], feats: list[PhotoFeatures]) -> dict:
-    """Held-out metrics: top-level error and balanced error, member accuracy per group (largest face of member
-    photos), and the share of negatives answered 'neither'."""
-    preds = [model.predict_features(f, s.path) for s, f in zip(samples, feats)]
-    pos = [(s, p) for s, p in zip(samples, preds) if not s.negative]
-    out: dict = {"photos": len(samples)}
-    if pos:
-        per_class = {}
-        for g in sorted({s.group for s, _ in pos}):
-            rows = [p.label == g for s, p in pos if s.group == g]
-            per_class[g] = {"photos": len(rows), "recall": float(np.mean(rows))}
-        out["top_error"] = float(np.mean([p.label != s.group for s, p in pos]))
-        out["top_balanced_error"] = float(1 - np.mean([c["recall"] for c in per_class.values()]))
-        out["top_recall"] = per_class
-    depth = _leaf_depths(samples)
-    members = {}
-    for g in sorted({s.group for s, _ in pos}):
-        rows = [(s, p) for s, p in pos if s.group == g and len(s.label) == depth[g] > 1 and p.faces]
-        if rows:
-            members[g] = {"photos": len(rows),
-                          "accuracy": float(np.mean([p.faces[0].group + "/" + p.faces[0].label == s.leaf
-                                                     for s, p in rows]))}
-    if members:
-        out["member_accuracy"] = members
-    neg = [p for s, p in zip(samples, preds) if s.negative]
-    if neg:
-        out["neither_share"] = float(np.mean([p.label == NEITHER for p in neg]))
-        out["negatives"] = len(neg)
-    out["no_face_share"] = float(np.mean([p.method == "image" for p in preds]))
-    return out
 
 
 def load_table(cfg: TrainConfig, ds: Dataset, log: Callable[[str], None] = print) -> _Table:
@@ -198,6 +178,10 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> tuple[Path, d
         train_idx, held_idx = holdout_split(table.samples, table.feats, cfg.holdout, cfg.seed)
         log(f"hold-out: {len(held_idx)} photos (whole duplicate clusters and people), {len(train_idx)} for training")
     pick = lambda idx, xs: [xs[i] for i in idx]  # noqa: E731
+    cv = None
+    if cfg.folds >= 2:
+        cv = cross_validate(pick(train_idx, table.samples), pick(train_idx, table.feats), head_recipes(cfg, mode),
+                            k=cfg.folds, seed=cfg.seed, log=log)
     t1 = time.time()
     bundle = fit_bundle(pick(train_idx, table.samples), pick(train_idx, table.feats), cfg, mode, log)
     t_fit = time.time() - t1
@@ -208,6 +192,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> tuple[Path, d
         "train_photos": len(train_idx), "heldout_photos": len(held_idx),
         "seconds": {"features": round(t_feat, 1), "fit": round(t_fit, 2)}, "python": platform.python_version(),
     }
+    if cv is not None:
+        summary["folds"] = cv["folds"]
+        summary["validation"] = {"k": cv["k"], "seed": cv["seed"], "heads": cv["summary"]}
     bundle.manifest["training"] = summary
     if held_idx:
         bundle.folder = None
@@ -224,17 +211,3 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> tuple[Path, d
     summary["seconds"]["total"] = round(time.time() - t0, 1)
     log(f"saved {folder} in {summary['seconds']['total']} s (features {t_feat:.1f} s, fit {t_fit:.2f} s)")
     return folder, bundle.manifest
-
-
-def format_metrics(m: dict) -> str:
-    lines = [f"held-out photos: {m['photos']}"]
-    if "top_error" in m:
-        lines.append(f"  top-level error {m['top_error']:.3f}, balanced error {m['top_balanced_error']:.3f}")
-        for g, c in m["top_recall"].items():
-            lines.append(f"    {g}: recall {c['recall']:.3f} ({c['photos']} photos)")
-    for g, c in m.get("member_accuracy", {}).items():
-        lines.append(f"  {g} member accuracy {c['accuracy']:.3f} ({c['photos']} photos with a face)")
-    if "neither_share" in m:
-        lines.append(f"  negatives answered 'neither': {m['neither_share']:.3f} ({m['negatives']} photos)")
-    lines.append(f"  answered from the whole image (no face): {m['no_face_share']:.3f}")
-    return "\n".join(lines)
