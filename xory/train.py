@@ -178,7 +178,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> tuple[Path, d
         train_idx, held_idx = holdout_split(table.samples, table.feats, cfg.holdout, cfg.seed)
         log(f"hold-out: {len(held_idx)} photos (whole duplicate clusters and people), {len(train_idx)} for training")
     pick = lambda idx, xs: [xs[i] for i in idx]  # noqa: E731
-    cv = None
+    cv, t_cv = None, time.time()
     if cfg.folds >= 2:
         cv = cross_validate(pick(train_idx, table.samples), pick(train_idx, table.feats), head_recipes(cfg, mode),
                             k=cfg.folds, seed=cfg.seed, log=log)
@@ -193,6 +193,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> tuple[Path, d
         "seconds": {"features": round(t_feat, 1), "fit": round(t_fit, 2)}, "python": platform.python_version(),
     }
     if cv is not None:
+        summary["seconds"]["cross_validation"] = round(t1 - t_cv, 1)
         summary["folds"] = cv["folds"]
         summary["validation"] = {"k": cv["k"], "seed": cv["seed"], "heads": cv["summary"]}
     bundle.manifest["training"] = summary
