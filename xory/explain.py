@@ -199,8 +199,12 @@ def render(photo: Photo, ex: Explanation, side: int = 640) -> Image.Image:
     from .draw import INK, PALETTE, boxes_image, font, overlay, thumbnail
 
     p = ex.prediction
+    image, scale = photo.image, 1.0
+    if max(image.size) < side // 2:  # a small photo is shown larger (boxes follow)
+        scale = (side // 2) / max(image.size)
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
     if not ex.faces:
-        small = thumbnail(photo.image, side)
+        small = thumbnail(image, side)
         heat = overlay(small, np.asarray(Image.fromarray(ex.cam, mode="F").resize(small.size)), alpha=0.55)
         body = Image.new("RGB", (small.width * 2 + 30, small.height + 30), "white")
         body.paste(small, (10, 10))
@@ -211,7 +215,7 @@ def render(photo: Photo, ex: Explanation, side: int = 640) -> Image.Image:
         out.paste(_header(p, note, body.width), (0, 0))
         out.paste(body, (0, 58))
         return out
-    boxed = boxes_image(photo.image, [f.face.box for f in ex.faces],
+    boxed = boxes_image(image, [[v * scale for v in f.face.box] for f in ex.faces],
                         [f"{i} {f.face.label}" for i, f in enumerate(ex.faces, 1)], max_side=side)
     row_h, panel_w = 132, 560
     rows = Image.new("RGB", (panel_w, max(boxed.height, row_h * len(ex.faces)) + 10), "white")
@@ -244,13 +248,13 @@ def render(photo: Photo, ex: Explanation, side: int = 640) -> Image.Image:
         if f.chip is not None:
             d.text((text_x, y + 104), f"grey cell: p({f.face.label}) {f.base_probability:.2f} drops up to "
                    f"{float(f.importance.max()):.2f}", fill=(80, 80, 80), font=font(11))
-    width = boxed.width + panel_w + 30
+    footer = ("Bars: each face's vote; +x: what it adds to the answer (vote x weight; they add up to the answer). "
+              "Heat: where greying out the face lowers its member's probability (yellow = most).")
+    width = max(boxed.width + panel_w + 30, int(ImageDraw.Draw(rows).textlength(footer, font=font(12))) + 20)
     note = f"{len(ex.faces)} face(s): the answer is the mean of the faces' votes, each weighted by its width."
     out = Image.new("RGB", (width, max(boxed.height, rows.height) + 90), "white")
     out.paste(_header(p, note, width), (0, 0))
     out.paste(boxed, (10, 68))
     out.paste(rows, (boxed.width + 20, 68))
-    ImageDraw.Draw(out).text((10, out.height - 18), "Bars: each face's vote; +x: what it adds to the answer (vote x "
-                             "weight; they add up to the answer). Heat: where greying out the face lowers its "
-                             "member's probability (yellow = most).", fill=(80, 80, 80), font=font(12))
+    ImageDraw.Draw(out).text((10, out.height - 18), footer, fill=(80, 80, 80), font=font(12))
     return out
