@@ -98,7 +98,7 @@ def build_app(model: Model, examples: list[str] | None = None, page_link: str | 
                     details = gr.JSON(label="predict_faces")
         with gr.Accordion("Why? Explain the answer", open=False):
             why_button = gr.Button("Explain")
-            why_image = gr.Image(type="pil", label="Explanation", interactive=False, format="png")
+            why_image = gr.Image(type="pil", label="Explanation", show_label=False, interactive=False, format="png")
             why_note = gr.Markdown()
         why_button.click(show_why, inputs=photo, outputs=[why_image, why_note], api_visibility="private")
         gr.on([button.click, photo.upload], show, inputs=photo, outputs=[label, faces, note, details],

@@ -91,7 +91,7 @@ class Explanation:
         p = self.prediction
         if p.error:
             return f"{p.path}: error: {p.error}"
-        lines = [f"{p.path}: {p.label} " + ", ".join(f"{k} {v:.0%}" for k, v in p.confidences.items())]
+        lines = [f"{p.path}: {p.label} (" + ", ".join(f"{k} {v:.0%}" for k, v in p.confidences.items()) + ")"]
         if self.faces:
             lines.append(f"  {len(self.faces)} face(s); each counts by its width; contribution to "
                          f"'{p.label}' (they add up to {p.confidences[p.label]:.2f}):")
