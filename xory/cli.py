@@ -104,6 +104,61 @@ def _cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_download(a: argparse.Namespace) -> int:
+    from .data.download import DownloadConfig, download, read_url_list
+
+    cfg = DownloadConfig(workers=a.workers, timeout=a.timeout, retries=a.retries,
+                         max_bytes=int(a.max_mb * 1024 * 1024), progress=not a.quiet)
+    report = download(read_url_list(a.urls), a.dest, cfg)
+    print(json.dumps(report.to_json()) if a.json else report.summary())
+    return 1 if report.failed else 0
+
+
+def _cmd_data_verify(a: argparse.Namespace) -> int:
+    from .data.verify import KINDS, fix, verify
+
+    kinds = [k.strip() for k in a.kinds.split(",") if k.strip()]
+    if unknown := sorted(set(kinds) - set(KINDS)):
+        raise ValueError(f"--kinds: unknown {', '.join(unknown)} (choose from {', '.join(KINDS)})")
+    report = verify(a.data, a.negatives, faces=not a.no_faces, near=a.near, progress=not a.quiet)
+    moved = fix(report, a.data, a.negatives, kinds) if a.fix else []
+    if a.json:
+        print(json.dumps({**report.to_json(), "moved": [{"from": s, "to": d} for s, d in moved]}))
+    else:
+        print(report)
+        if a.fix:
+            print(f"moved {len(moved)} photos to _quarantine/ ({', '.join(kinds)}); undo: xory clean --undo {a.data}")
+    return 0
+
+
+def _cmd_data_split(a: argparse.Namespace) -> int:
+    from .data import split_folder
+
+    print(split_folder(a.data, a.out, holdout=a.holdout, seed=a.seed, negatives=a.negatives, progress=not a.quiet))
+    return 0
+
+
+def _cmd_clean(a: argparse.Namespace) -> int:
+    if a.undo:
+        from .data.moves import ActionLog
+
+        if len(a.paths) != 1:
+            raise ValueError("usage: xory clean --undo DATA_DIR [--all]")
+        done = ActionLog(a.paths[0]).undo(all=a.all)
+        for e in done:
+            print(f"undid {e['undone_action']} #{e['undoes']}: {len(e['moves'])} photo(s) back"
+                  + (f"; missing: {', '.join(e['missing'])}" if e["missing"] else ""))
+        if not done:
+            print(f"nothing to undo in {a.paths[0]}")
+        return 0
+    if len(a.paths) != 2:
+        raise ValueError("usage: xory clean MODEL DATA_DIR (or xory clean --undo DATA_DIR)")
+    from .data.clean import clean_app
+
+    clean_app(a.paths[0], a.paths[1], negatives=a.negatives, out=a.out, host=a.host, port=a.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xory", description="This or that? Photos in folders -> a classifier, "
                                      "faces first.")
@@ -174,6 +229,51 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("out", help="folder to write (new, empty, or an earlier `xory space`)")
     h.add_argument("--model", help="model folder (default: the bundled BTS-or-EXO model)")
     h.set_defaults(func=_cmd_space)
+
+    d = sub.add_parser("data", help="data tools: download, verify, split")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    dd = dsub.add_parser("download", help="download photos from a list of URLs (one a line, or label<TAB>url)")
+    dd.add_argument("urls", help="text file of URLs")
+    dd.add_argument("dest", help="folder to save into (label folders are made under it)")
+    dd.add_argument("--workers", type=int, default=8, help="downloads at a time")
+    dd.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for a connection or a read")
+    dd.add_argument("--retries", type=int, default=3, help="extra attempts after a timeout or a server error")
+    dd.add_argument("--max-mb", type=float, default=20.0, help="largest file to accept")
+    dd.add_argument("--json", action="store_true", help="the report as JSON")
+    dd.add_argument("--quiet", action="store_true", help="no progress bar")
+    dd.set_defaults(func=_cmd_data_download)
+    dv = dsub.add_parser("verify", help="find unreadable, tiny, duplicate and conflicting photos; --fix quarantines")
+    dv.add_argument("data", help="folder of label folders")
+    dv.add_argument("--negatives", help="the negatives folder, checked with it (conflicts across both)")
+    dv.add_argument("--fix", action="store_true", help="move offenders to DATA/_quarantine/ (logged, undoable)")
+    dv.add_argument("--kinds", default="unreadable,duplicate,near-duplicate,conflict",
+                    help="what --fix moves (also: tiny, no-face)")
+    dv.add_argument("--near", type=int, default=6,
+                    help="perceptual hash bits (of 64) that may differ in a near-duplicate")
+    dv.add_argument("--no-faces", action="store_true", help="skip the face checks (no feature extraction)")
+    dv.add_argument("--json", action="store_true", help="the report as JSON")
+    dv.add_argument("--quiet", action="store_true", help="no progress bar")
+    dv.set_defaults(func=_cmd_data_verify)
+    ds = dsub.add_parser("split", help="write a leak-free hold-out split file (content hashes; no copies)")
+    ds.add_argument("data", help="folder of label folders")
+    ds.add_argument("--holdout", type=float, default=0.2, help="share of each label to hold out")
+    ds.add_argument("--seed", type=int, default=0)
+    ds.add_argument("--negatives", help="negatives folder (held out by person)")
+    ds.add_argument("--out", required=True, help="split file to write (JSON)")
+    ds.add_argument("--quiet", action="store_true", help="no progress bar")
+    ds.set_defaults(func=_cmd_data_split)
+
+    c = sub.add_parser("clean", help="review photos worst first, move or quarantine, retrain (a local page)",
+                       usage="xory clean MODEL DATA_DIR [options]  |  xory clean --undo DATA_DIR [--all]")
+    c.add_argument("paths", nargs="+", metavar="PATH", help="MODEL and DATA_DIR, the folder it was trained on "
+                   "(with --undo: DATA_DIR only)")
+    c.add_argument("--negatives", help="the negatives folder the model was trained with")
+    c.add_argument("--out", help="where retraining saves the model (default: over MODEL, atomically)")
+    c.add_argument("--undo", action="store_true", help="undo the last logged action in DATA_DIR and exit")
+    c.add_argument("--all", action="store_true", help="with --undo: undo every logged action")
+    c.add_argument("--host", default="127.0.0.1")
+    c.add_argument("--port", type=int, default=7861)
+    c.set_defaults(func=_cmd_clean)
     return parser
 
 
