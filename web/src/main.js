@@ -285,7 +285,8 @@ async function drawBoxes(item) {
   item.boxes.replaceChildren(
     ...result.faces.map((f) => {
       const [l, t, r, b] = f.box;
-      const box = el("div", { className: "box" }, el("span", { textContent: `${f.label} ${pct(f.confidence)}` }));
+      const tag = result.faces.length > 3 ? f.label : `${f.label} ${pct(f.confidence)}`; // crowded: the list has the %
+      const box = el("div", { className: "box" }, el("span", { textContent: tag }));
       Object.assign(box.style, {
         left: `${(100 * l) / w}%`,
         top: `${(100 * t) / h}%`,
