@@ -18,6 +18,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
     cfg = TrainConfig(data=a.data, out=a.out, negatives=a.negatives, holdout=a.holdout, split=a.split, seed=a.seed,
                       mode=a.mode,
                       workers=a.workers, progress=not a.quiet, folds=a.folds)
+    if a.unknown_below is not None:
+        cfg.unknown_below = a.unknown_below
     train(cfg)
     return 0
 
@@ -89,36 +91,6 @@ def _cmd_space(a: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_evaluate(a: argparse.Namespace) -> int:
-    from .evaluate import evaluate, format_metrics, save_evaluation
-
-    ev = evaluate(a.model, a.data, a.negatives, split=a.split, progress=not a.quiet, top_n=a.top)
-    print(f"evaluated on {ev.note}")
-    print(format_metrics(ev.metrics))
-    for path in save_evaluation(ev, a.out):
-        print(f"wrote {path}")
-    return 0
-
-
-def _cmd_explain(a: argparse.Namespace) -> int:
-    from .model import load
-
-    ex = load(a.model).explain(a.photo, grid=a.grid)
-    if ex.prediction.error:
-        raise ValueError(f"{ex.prediction.path}: {ex.prediction.error}")
-    print(json.dumps(ex.to_json()) if a.json else str(ex))
-    if a.out:
-        print(f"wrote {ex.save(a.out)}", file=sys.stderr if a.json else sys.stdout)
-    return 0
-
-
-def _cmd_report(a: argparse.Namespace) -> int:
-    from .report import write_report
-
-    print(f"wrote {write_report(a.model, a.data, a.out, a.negatives, split=a.split, progress=not a.quiet)}")
-    return 0
-
-
 def _cmd_data_download(a: argparse.Namespace) -> int:
     from .data.download import DownloadConfig, download, read_url_list
 
@@ -174,6 +146,36 @@ def _cmd_clean(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(a: argparse.Namespace) -> int:
+    from .evaluate import evaluate, format_metrics, save_evaluation
+
+    ev = evaluate(a.model, a.data, a.negatives, split=a.split, progress=not a.quiet, top_n=a.top)
+    print(f"evaluated on {ev.note}")
+    print(format_metrics(ev.metrics))
+    for path in save_evaluation(ev, a.out):
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_explain(a: argparse.Namespace) -> int:
+    from .model import load
+
+    ex = load(a.model).explain(a.photo, grid=a.grid)
+    if ex.prediction.error:
+        raise ValueError(f"{ex.prediction.path}: {ex.prediction.error}")
+    print(json.dumps(ex.to_json()) if a.json else str(ex))
+    if a.out:
+        print(f"wrote {ex.save(a.out)}", file=sys.stderr if a.json else sys.stdout)
+    return 0
+
+
+def _cmd_report(a: argparse.Namespace) -> int:
+    from .report import write_report
+
+    print(f"wrote {write_report(a.model, a.data, a.out, a.negatives, split=a.split, progress=not a.quiet)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xory", description="This or that? Photos in folders -> a classifier, "
                                      "faces first.")
@@ -187,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--split", help="a split file (xory data split): train on its train side, measure on its test side")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--mode", choices=["auto", "faces", "image"], default="auto")
+    t.add_argument("--unknown-below", type=float, default=None, metavar="P",
+                   help="with negatives: a face whose best member has probability below P is 'neither' (default 0.25)")
     t.add_argument("--workers", type=int, default=None, help="processes for feature extraction (default: cores)")
     t.add_argument("--folds", type=int, default=5, help="cross-validation folds for the training table "
                    "(0: none)")

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .features.faces import Face
-from .heads import face_weights, roll_up, top_of
+from .heads import face_weights, top_of
 from .images import ImageError, Photo, open_image
 from .model import Model, Prediction
 
@@ -163,8 +163,7 @@ def explain(model: Model, source: str | Path | bytes | Photo, name: str | None =
     cam, cam_class = None, None
     if pred.faces:
         weights = face_weights([f.width for f in pred.faces])
-        face_top = roll_up(model.face_head.proba(np.stack([f.vector for f in pred.faces])), model.face_head.classes,
-                           model.top)
+        _, face_top = model.face_distributions(np.stack([f.vector for f in pred.faces]))
         for i, f in enumerate(pred.faces):
             contrib = {t: float(weights[i] * face_top[i, k]) for k, t in enumerate(model.top)}
             faces.append(FaceExplanation(face=f, weight=float(weights[i]), contributions=contrib))

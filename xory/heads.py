@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["LinearHead", "top_of", "roll_up", "face_weights", "combine_faces", "softmax"]
+from .dataset import NEITHER
+
+__all__ = ["LinearHead", "top_of", "roll_up", "face_top_distributions", "face_weights", "combine_faces", "softmax"]
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -57,8 +59,11 @@ class LinearHead:
         w *= len(y) / w.sum()
         if sample_weight is not None:
             w = w * sample_weight
+        from threadpoolctl import threadpool_limits
+
         clf = LogisticRegression(C=C, max_iter=3000)
-        clf.fit((X - mean) / scale, y, sample_weight=w)
+        with threadpool_limits(1):  # many BLAS threads on small matrices cost 30x the CPU
+            clf.fit((X - mean) / scale, y, sample_weight=w)
         W, b = clf.coef_, clf.intercept_
         if len(classes) == 2:  # sklearn keeps one row for two classes: softmax([-z/2, z/2]) == sigmoid(z)
             W, b = np.vstack([-W / 2, W / 2]), np.array([-b[0] / 2, b[0] / 2])
@@ -85,6 +90,20 @@ def roll_up(proba: np.ndarray, classes: list[str], top: list[str]) -> np.ndarray
     out = np.zeros((np.atleast_2d(proba).shape[0], len(top)))
     for j, c in enumerate(classes):
         out[:, index[top_of(c)]] += np.atleast_2d(proba)[:, j]
+    return out
+
+
+def face_top_distributions(leaf_p: np.ndarray, classes: list[str], top: list[str],
+                           unknown_below: float = 0.0) -> np.ndarray:
+    """(faces, leaves) -> (faces, top). With a "neither" class, a face whose best member has probability below
+    `unknown_below` is someone the model does not know: its whole weight goes to "neither". (Summing members alone
+    would call an unknown face "bts" when its probability is spread thinly over seven BTS members.)"""
+    out = roll_up(leaf_p, classes, top)
+    if unknown_below > 0 and NEITHER in classes and NEITHER in top and len(classes) > 1:
+        best_member = np.delete(np.atleast_2d(leaf_p), classes.index(NEITHER), axis=1).max(axis=1)
+        unknown = best_member < unknown_below
+        out[unknown] = 0.0
+        out[unknown, top.index(NEITHER)] = 1.0
     return out
 
 

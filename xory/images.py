@@ -18,6 +18,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".png", ".webp", ".gif", ".bmp"}
 MAX_PIXELS = 40_000_000  # a declared size above this is treated as a decompression bomb
 MIN_SIDE = 16  # smaller than this carries no face and no usable whole-image features
 MAX_FILE_BYTES = 50 * 1024 * 1024
+BOMB = f"image too large (declares more than {MAX_PIXELS:,} pixels: a decompression bomb?)"
 
 Source = Union[str, Path, bytes]
 
@@ -97,7 +98,7 @@ def open_image(source: Source, name: str | None = None) -> Photo:
             img = Image.open(io.BytesIO(data))
             w, h = img.size
             if w * h > MAX_PIXELS:
-                raise ImageError(name, f"image too large ({w}x{h} px declared; limit {MAX_PIXELS:,} pixels)")
+                raise ImageError(name, BOMB)
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)  # animated GIF/WebP: the first frame
             img.load()
@@ -107,10 +108,11 @@ def open_image(source: Source, name: str | None = None) -> Photo:
     except UnidentifiedImageError:
         raise ImageError(name, "not an image (unrecognised format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(name, "image too large (decompression bomb)") from None
+        raise ImageError(name, BOMB) from None
     except OSError as e:
         msg = str(e)
-        reason = "truncated or damaged image" if "truncated" in msg or "broken" in msg else f"cannot decode image ({msg})"
+        low = msg.lower()
+        reason = "truncated or damaged image" if "truncat" in low or "broken" in low else f"cannot decode image ({msg})"
         raise ImageError(name, reason) from None
     except Exception as e:  # any decoder bug is still the file's fault, not a crash
         raise ImageError(name, f"cannot decode image ({type(e).__name__}: {e})") from None

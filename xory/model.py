@@ -13,7 +13,7 @@ from .dataset import NEITHER
 from .features.cache import PhotoFeatures
 from .features.faces import Face
 from .features.image import BACKBONE_PATH
-from .heads import LinearHead, combine_faces, roll_up, top_of
+from .heads import LinearHead, combine_faces, face_top_distributions, roll_up, top_of
 from .images import ImageError, Photo, open_image
 
 __all__ = ["Model", "Prediction", "load"]
@@ -99,6 +99,7 @@ class Model:
                           if heads.get("face") else None)
         self.image_head = (LinearHead.from_arrays("image", heads["image"]["classes"], bundle.arrays)
                            if heads.get("image") else None)
+        self.unknown_below = float((heads.get("face") or {}).get("unknown_below", 0.0))
         backbone = m["features"]["image"]
         self.backbone_path = (bundle.folder / backbone["file"]) if backbone.get("file") else BACKBONE_PATH
         self._extractor = None
@@ -126,16 +127,24 @@ class Model:
         with self._lock:
             return self.extractor(photo)
 
+    def face_distributions(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Face descriptors -> (member probabilities, top-level distributions with the unknown-face rule)."""
+        leaf_p = self.face_head.proba(vectors)
+        return leaf_p, face_top_distributions(leaf_p, self.face_head.classes, self.top, self.unknown_below)
+
     def predict_features(self, feats: PhotoFeatures, path: str = "") -> Prediction:
         """The answer for already-extracted features (used by predict, training metrics and evaluation)."""
         faces = feats.faces() if self.face_head is not None else []
         if faces:
-            leaf_p = self.face_head.proba(np.stack([f.vector for f in faces]))
-            face_top = roll_up(leaf_p, self.face_head.classes, self.top)
+            leaf_p, face_top = self.face_distributions(np.stack([f.vector for f in faces]))
             for i, f in enumerate(faces):
                 j = int(np.argmax(leaf_p[i]))
                 leaf = self.face_head.classes[j]
-                faces[i] = replace(f, label=leaf.rsplit("/", 1)[-1], group=top_of(leaf), confidence=float(leaf_p[i, j]))
+                if face_top[i, self.top.index(top_of(leaf))] == 0:  # an unknown face (see face_top_distributions)
+                    faces[i] = replace(f, label=NEITHER, group=NEITHER, confidence=float(1 - leaf_p[i, j]))
+                else:
+                    faces[i] = replace(f, label=leaf.rsplit("/", 1)[-1], group=top_of(leaf),
+                                       confidence=float(leaf_p[i, j]))
             dist = combine_faces(face_top, [f.width for f in faces])
             method = "faces"
         else:

@@ -1,0 +1,66 @@
+"""Model bundles: no pickle, checksums, schema version, atomic save."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from xory.bundle import SCHEMA_VERSION, BundleError, ModelBundle
+
+
+@pytest.fixture
+def bundle_copy(small_model, tmp_path):
+    return shutil.copytree(small_model, tmp_path / "model")
+
+
+def test_bundle_files_and_manifest(small_model):
+    names = sorted(p.name for p in small_model.iterdir())
+    assert names == ["heads.npz", "manifest.json", "split.json"] or names == ["heads.npz", "manifest.json"]
+    m = json.loads((small_model / "manifest.json").read_text())
+    assert m["schema_version"] == SCHEMA_VERSION and m["format"] == "xory-bundle"
+    assert m["labels"]["top"] == ["bts", "exo", "neither"]
+    assert "jimin" in m["labels"]["tree"]["bts"] and "chanyeol" in m["labels"]["tree"]["exo"]
+    assert set(m["files"]) >= {"heads.npz"}
+    with np.load(small_model / "heads.npz", allow_pickle=False) as z:  # plain arrays only
+        assert z["face_W"].shape == (len(m["heads"]["face"]["classes"]), 128)
+        assert z["image_W"].shape == (3, 1280)
+
+
+def test_tampered_array_is_refused(bundle_copy):
+    data = bytearray((bundle_copy / "heads.npz").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bundle_copy / "heads.npz").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="file heads.npz does not match its checksum"):
+        ModelBundle.load(bundle_copy)
+
+
+def test_missing_file_is_refused(bundle_copy):
+    (bundle_copy / "heads.npz").unlink()
+    with pytest.raises(BundleError, match="file heads.npz is missing"):
+        ModelBundle.load(bundle_copy)
+
+
+def test_other_schema_version_is_refused(bundle_copy):
+    m = json.loads((bundle_copy / "manifest.json").read_text())
+    m["schema_version"] = 99
+    (bundle_copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="schema version 99 is not supported"):
+        ModelBundle.load(bundle_copy)
+
+
+def test_not_a_model_folder(tmp_path):
+    with pytest.raises(BundleError, match="model folder not found"):
+        ModelBundle.load(tmp_path / "nothing")
+    with pytest.raises(BundleError, match="manifest.json is missing"):
+        ModelBundle.load(tmp_path)
+
+
+def test_save_replaces_atomically(bundle_copy):
+    b = ModelBundle.load(bundle_copy)
+    b.manifest["note"] = "second save"
+    b.save(bundle_copy)
+    again = ModelBundle.load(bundle_copy)
+    assert again.manifest["note"] == "second save"
+    assert not [p for p in bundle_copy.parent.iterdir() if p.name.startswith(".")]  # no temp folders left
