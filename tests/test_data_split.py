@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,6 +83,18 @@ def test_split_file_is_stratified_reproducible_and_leak_free(data, small_others,
         assert (sha(moved) in load_split(out)["test"]) == (sha(sorted(jimin.iterdir())[0]) in test)
     finally:
         shutil.move(moved, jimin / "zz-near-copy.jpg")
+
+
+def test_the_same_seed_gives_the_same_file_in_any_process(data, small_others, tmp_path):
+    """Python salts str hashes per process: nothing in the split may depend on set or dict-of-str order."""
+    outs = []
+    for hash_seed in ["1", "2", "3"]:
+        out = tmp_path / f"split-{hash_seed}.json"
+        subprocess.run([sys.executable, "-m", "xory.cli", "data", "split", str(data), "--negatives", str(small_others),
+                        "--holdout", "0.25", "--seed", "5", "--out", str(out), "--quiet"], check=True,
+                       env={**os.environ, "PYTHONHASHSEED": hash_seed}, capture_output=True)
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1] == outs[2]
 
 
 def test_train_accepts_the_split_file(data, tmp_path):

@@ -95,15 +95,21 @@ def roll_up(proba: np.ndarray, classes: list[str], top: list[str]) -> np.ndarray
 
 def face_top_distributions(leaf_p: np.ndarray, classes: list[str], top: list[str],
                            unknown_below: float = 0.0) -> np.ndarray:
-    """(faces, leaves) -> (faces, top). With a "neither" class, a face whose best member has probability below
-    `unknown_below` is someone the model does not know: its whole weight goes to "neither". (Summing members alone
-    would call an unknown face "bts" when its probability is spread thinly over seven BTS members.)"""
+    """(faces, leaves) -> (faces, top): a top-level class gets the sum of its members' probabilities.
+    With a "neither" class, a face whose best member is below `unknown_below` is someone the model does not know
+    (summing would call it "bts" when its probability is spread thinly over seven BTS members): such a face gives
+    each group only its best member's probability, and "neither" the rest."""
+    leaf_p = np.atleast_2d(leaf_p)
     out = roll_up(leaf_p, classes, top)
-    if unknown_below > 0 and NEITHER in classes and NEITHER in top and len(classes) > 1:
-        best_member = np.delete(np.atleast_2d(leaf_p), classes.index(NEITHER), axis=1).max(axis=1)
-        unknown = best_member < unknown_below
-        out[unknown] = 0.0
-        out[unknown, top.index(NEITHER)] = 1.0
+    if unknown_below <= 0 or NEITHER not in classes or NEITHER not in top:
+        return out
+    members = [j for j, c in enumerate(classes) if c != NEITHER]
+    unknown = leaf_p[:, members].max(axis=1) < unknown_below
+    for i in np.flatnonzero(unknown):
+        for k, t in enumerate(top):
+            in_t = [j for j in members if top_of(classes[j]) == t]
+            out[i, k] = leaf_p[i, in_t].max() if in_t else 0.0
+        out[i, top.index(NEITHER)] = 1.0 - out[i].sum()
     return out
 
 

@@ -140,8 +140,9 @@ class Model:
             for i, f in enumerate(faces):
                 j = int(np.argmax(leaf_p[i]))
                 leaf = self.face_head.classes[j]
-                if face_top[i, self.top.index(top_of(leaf))] == 0:  # an unknown face (see face_top_distributions)
-                    faces[i] = replace(f, label=NEITHER, group=NEITHER, confidence=float(1 - leaf_p[i, j]))
+                n = self.top.index(NEITHER) if NEITHER in self.top else -1
+                if leaf != NEITHER and n >= 0 and face_top[i, n] > 0.5:  # unknown (see face_top_distributions)
+                    faces[i] = replace(f, label=NEITHER, group=NEITHER, confidence=float(face_top[i, n]))
                 else:
                     faces[i] = replace(f, label=leaf.rsplit("/", 1)[-1], group=top_of(leaf),
                                        confidence=float(leaf_p[i, j]))

@@ -1,0 +1,63 @@
+"""The bundled model (models/bts-exo) on photos it never trained on (its split.json lists the held-out ones)."""
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+import xory
+from conftest import KPOP, ROOT
+from xory.split import load_split
+
+HELD_OUT = load_split(ROOT / "models" / "bts-exo" / "split.json")["test"]
+
+# (folder, file, member named on the largest face): every one of them held out from training
+MEMBER_PHOTOS = [
+    ("bts/jimin", "HannahGuo__2483692296129588959_2483692291910078765.jpg", "jimin"),
+    ("bts/jimin", "HannahGuo__jimin8.jpg", "jimin"),
+    ("bts/rm", "HannahGuo__2621753597517803526_2621753593340225178.jpg", "rm"),
+    ("bts/suga", "HannahGuo__2524790137358189534.jpg", "suga"),
+    ("exo/chanyeol", "divyapusuluru__exosc__exosc-chan.jpg", "chanyeol"),
+    ("exo/chanyeol", "elayjjang__images__chan.jpg", "chanyeol"),
+    ("exo/baekhyun", "bzhyz__baekhyun.jpg", "baekhyun"),
+    ("exo/kai", "Vhecz__exo__kai.jpg", "kai"),
+]
+
+
+def sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_default_model_is_the_documented_one(default_model):
+    m = default_model.manifest
+    assert m["labels"]["top"] == ["bts", "exo", "neither"]
+    assert set(m["labels"]["tree"]["bts"]) == {"jhope", "jimin", "jin", "jungkook", "rm", "suga", "v"}
+    assert m["heads"]["face"]["unknown_below"] == 0.25
+    held = m["metrics"]["heldout"]
+    assert held["photos"] >= 400 and held["negatives"] >= 40
+
+
+@pytest.mark.parametrize("folder, name, member", MEMBER_PHOTOS)
+def test_names_members_of_held_out_photos(default_model, folder, name, member):
+    path = KPOP / folder / name
+    assert sha(path) in HELD_OUT
+    p = default_model.predict(path)
+    group = folder.split("/")[0]
+    assert p.label == group and p.faces[0].label == member and p.faces[0].group == group
+
+
+def test_group_photo_gives_several_named_faces(default_model):
+    path = KPOP / "bts" / "_group" / "divyapusuluru__bts__d1.jpg"
+    assert sha(path) in HELD_OUT
+    p = default_model.predict(path)
+    assert p.label == "bts" and p.method == "faces"
+    names = [f.label for f in p.faces]
+    assert len(names) == 6 and {"rm", "v", "jin", "jimin"} <= set(names)
+    assert all(f.group == "bts" for f in p.faces)
+
+
+def test_python_api_shapes(default_model):
+    p = xory.load().predict(KPOP / "exo" / "kai" / "Vhecz__exo__kai.jpg")
+    assert isinstance(p, xory.Prediction) and isinstance(p.faces[0], xory.Face)
+    assert list(p.confidences) == sorted(p.confidences, key=p.confidences.get, reverse=True)
+    assert p.to_label()["label"] == "exo"
