@@ -15,7 +15,7 @@ from .dataset import Sample
 from .evaluate import head_scores
 from .features.cache import PhotoFeatures
 from .heads import LinearHead, top_of
-from .split import _UnionFind, duplicate_clusters
+from .split import _UnionFind, duplicate_clusters, main_label
 
 __all__ = ["group_folds", "cross_validate", "format_table", "HeadRecipe"]
 
@@ -44,7 +44,7 @@ def group_folds(samples: list[Sample], feats: list[PhotoFeatures], k: int, seed:
     fold = [0] * len(samples)
     for g in order:
         leaves = [samples[i].leaf for i in g]
-        main = max(set(leaves), key=leaves.count)
+        main = main_label(leaves)
         c = per_label.setdefault(main, np.zeros(k, int))
         f = int(np.lexsort((count, c))[0])  # fewest of this label, then fewest photos
         for i in g:

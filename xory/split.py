@@ -14,7 +14,7 @@ import numpy as np
 from .dataset import Sample
 from .features.cache import PhotoFeatures
 
-__all__ = ["duplicate_clusters", "holdout_split", "save_split", "load_split", "FACE_DUP", "IMAGE_DUP"]
+__all__ = ["duplicate_clusters", "main_label", "holdout_split", "save_split", "load_split", "FACE_DUP", "IMAGE_DUP"]
 
 FACE_DUP = 0.12  # same face from the same shot (crops lie at a median 0.11 from their group photo); looser
 # thresholds chain: at 0.2 a third of kpop became one cluster, since other photos of a member often lie at 0.2
@@ -60,6 +60,12 @@ def duplicate_clusters(feats: list[PhotoFeatures], face_dup: float = FACE_DUP,
     return [uf.find(i) for i in range(n)]
 
 
+def main_label(leaves: list[str]) -> str:
+    """The most common label of a cluster; ties go to the first in sorted order (never to set order, which
+    Python salts per process)."""
+    return max(sorted(set(leaves)), key=leaves.count)
+
+
 def holdout_split(samples: list[Sample], feats: list[PhotoFeatures], fraction: float,
                   seed: int = 0) -> tuple[list[int], list[int]]:
     """(train indices, held-out indices): about `fraction` of each label held out, whole clusters at a time.
@@ -84,7 +90,7 @@ def holdout_split(samples: list[Sample], feats: list[PhotoFeatures], fraction: f
     held: list[int] = []
     for g in groups:
         leaves = [samples[i].leaf for i in g]
-        main = max(set(leaves), key=leaves.count)
+        main = main_label(leaves)
         if taken.get(main, 0) + len(g) <= fraction * totals[main] + 0.5:
             held.extend(g)
             for leaf in leaves:
