@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 import xory
 from conftest import BEARS, KPOP, OTHERS, photos

@@ -186,7 +186,7 @@ def test_three_photos_at_once(page, server, web_model, tmp_path):
     assert group["label"] == "bts" and len(set(group["faces"]) & BTS_MEMBERS) >= 5, group
     assert page.evaluate("window.xory.state.peak") == 3  # all three were in flight together
     assert "3 photos: 3 done, 0 failed" in page.inner_text("#summary")
-    alt = page.get_attribute(f"#photo-3 img.photo", "alt")
+    alt = page.get_attribute("#photo-3 img.photo", "alt")
     assert alt.startswith(f"Photo {GROUP.name}: bts; faces: ")
     shot = tmp_path / "three-photos.png"
     page.screenshot(path=str(shot), full_page=True)
@@ -366,7 +366,7 @@ def test_site_folder(tmp_path, web_model_dir, capsys):
 
 def test_space_folder_starts_and_answers(tmp_path, web_model_dir, run_space):
     """`xory space`: pinned requirements, the Space README, xory and the model; `python app.py` answers /predict
-    (run here with this interpreter; a fresh venv from requirements.txt: XORY_SPACE_VENV=1, below)."""
+    (run here with this interpreter; in a fresh venv from requirements.txt alone: below)."""
     import importlib.metadata as md
 
     from xory.export import export_space
@@ -420,7 +420,7 @@ def photo_ok(url: str) -> None:
     assert answer["label"] == "bts" and answer["confidences"][0]["label"] == "bts"
 
 
-@pytest.mark.skipif(not os.environ.get("XORY_SPACE_VENV"), reason="slow (about 3 minutes of pip): XORY_SPACE_VENV=1")
+@pytest.mark.skipif(bool(os.environ.get("XORY_QUICK")), reason="XORY_QUICK: skips the fresh venv (about 3 minutes of pip)")
 def test_space_in_a_fresh_venv(tmp_path, web_model_dir, run_space):
     """The Space folder alone: a fresh venv, `pip install -r requirements.txt`, `python app.py`, /predict."""
     from xory.export import export_space

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ModelBundle", "BundleError", "SCHEMA_VERSION", "default_model_dir", "file_sha256"]
+__all__ = ["ModelBundle", "BundleError", "SCHEMA_VERSION", "default_model_dir", "file_sha256", "swap_folder"]
 
 SCHEMA_VERSION = 1
 FORMAT = "xory-bundle"
@@ -40,6 +40,17 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def swap_folder(new: Path, dest: Path) -> None:
+    """Put the complete folder `new` at `dest` by renames: an old `dest` stays whole until `new` is in place."""
+    if dest.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
+        os.replace(dest, old / "previous")
+        os.replace(new, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, dest)
+
+
 @dataclass
 class ModelBundle:
     """manifest: JSON-able dict; arrays: named numpy arrays; extra_files: other files to ship (e.g. an .onnx)."""
@@ -62,13 +73,7 @@ class ModelBundle:
             files = {name: file_sha256(tmp / name) for name in [ARRAYS_FILE, *self.extra_files]}
             manifest = {"format": FORMAT, "schema_version": SCHEMA_VERSION, **self.manifest, "files": files}
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-            if folder.exists():  # swap: the old bundle stays whole until the new one is complete
-                old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
-                os.replace(folder, old / "bundle")
-                os.replace(tmp, folder)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, folder)
+            swap_folder(tmp, folder)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

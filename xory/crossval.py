@@ -15,7 +15,7 @@ from .dataset import Sample
 from .evaluate import head_scores
 from .features.cache import PhotoFeatures
 from .heads import LinearHead, top_of
-from .split import _UnionFind, duplicate_clusters, main_label
+from .split import UnionFind, duplicate_clusters, main_label
 
 __all__ = ["group_folds", "cross_validate", "format_table", "HeadRecipe"]
 
@@ -27,7 +27,7 @@ def group_folds(samples: list[Sample], feats: list[PhotoFeatures], k: int, seed:
     """A fold (0..k-1) for each photo: whole duplicate clusters and whole negative people at a time, each group
     put in the fold holding the fewest photos of its main label (so every fold sees every common label)."""
     clusters = duplicate_clusters(feats)
-    uf = _UnionFind(len(samples))
+    uf = UnionFind(len(samples))
     first_of_person: dict[str, int] = {}
     for i, s in enumerate(samples):
         uf.union(i, clusters[i])

@@ -9,7 +9,6 @@ from __future__ import annotations
 import html
 import importlib.metadata as md
 import json
-import os
 import re
 import shutil
 import sys
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .bundle import ModelBundle, default_model_dir
+from .bundle import ModelBundle, default_model_dir, swap_folder
 
 __all__ = ["WEB_DIR", "MODEL_CARD", "ExportResult", "about_html", "export_site", "export_space", "pinned_requirements"]
 
@@ -139,13 +138,7 @@ def _write_atomically(out: Path, kind: str, fill) -> list[str]:
         fill(tmp)
         (tmp / MARKER).write_text(kind + "\n")
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            os.replace(out, old / "export")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        swap_folder(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

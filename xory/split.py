@@ -14,14 +14,16 @@ import numpy as np
 from .dataset import Sample
 from .features.cache import PhotoFeatures
 
-__all__ = ["duplicate_clusters", "main_label", "holdout_split", "save_split", "load_split", "FACE_DUP", "IMAGE_DUP"]
+__all__ = ["UnionFind", "duplicate_clusters", "main_label", "holdout_split", "save_split", "load_split", "FACE_DUP", "IMAGE_DUP"]
 
 FACE_DUP = 0.12  # same face from the same shot (crops lie at a median 0.11 from their group photo); looser
 # thresholds chain: at 0.2 a third of kpop became one cluster, since other photos of a member often lie at 0.2
 IMAGE_DUP = 0.95
 
 
-class _UnionFind:
+class UnionFind:
+    """Disjoint sets over 0..n-1 (path halving): the clusters of duplicate photos."""
+
     def __init__(self, n: int):
         self.parent = list(range(n))
 
@@ -39,7 +41,7 @@ def duplicate_clusters(feats: list[PhotoFeatures], face_dup: float = FACE_DUP,
                        image_dup: float = IMAGE_DUP) -> list[int]:
     """A cluster id for each photo: photos in one cluster are copies, near-copies or crops of one another."""
     n = len(feats)
-    uf = _UnionFind(n)
+    uf = UnionFind(n)
     owners = np.concatenate([np.full(f.n_faces, i) for i, f in enumerate(feats)] + [np.zeros(0, int)]).astype(int)
     vectors = [f.face_vectors for f in feats if f.n_faces]
     if vectors:
@@ -71,7 +73,7 @@ def holdout_split(samples: list[Sample], feats: list[PhotoFeatures], fraction: f
     """(train indices, held-out indices): about `fraction` of each label held out, whole clusters at a time.
     Negatives are held out by person (their source folder), so the held-out ones are people the model never saw."""
     clusters = duplicate_clusters(feats)
-    uf = _UnionFind(len(samples))
+    uf = UnionFind(len(samples))
     for i, c in enumerate(clusters):
         uf.union(i, c)
     first_of_person: dict[str, int] = {}

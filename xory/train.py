@@ -22,7 +22,7 @@ from .evaluate import evaluate_split, format_metrics
 from .features.cache import FeatureCache, PhotoFeatures
 from .features.extract import extract_many, extractor_key
 from .features.image import BACKBONE_PATH
-from .heads import LinearHead, top_of
+from .heads import LinearHead
 from .model import Model
 from .split import holdout_split, load_split, save_split
 

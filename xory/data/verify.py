@@ -25,6 +25,7 @@ from PIL import Image
 from ..dataset import Sample, scan
 from ..images import ImageError, open_image
 from ..features.cache import PhotoFeatures
+from ..split import UnionFind
 from .moves import ActionLog, move_file, quarantine_path
 
 __all__ = ["phash", "hamming", "Finding", "Group", "VerifyReport", "verify", "fix",
@@ -139,20 +140,6 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-class _UnionFind:
-    def __init__(self, n: int):
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, i: int, j: int) -> None:
-        self.parent[self.find(i)] = self.find(j)
-
-
 def compatible(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
     """Two labels agree when one extends the other (bts and bts/jimin do; bts/jimin and bts/v do not)."""
     n = min(len(a), len(b))
@@ -233,7 +220,7 @@ def _keeper(photos: list[_Photo], members: list[int]) -> int:
 
 
 def _link_by_faces(photos: list[_Photo], feats: list[PhotoFeatures | None], close: list[tuple[int, int, int]],
-                   near: int, uf: _UnionFind, how: list[tuple[int, str]]) -> list[list[str]]:
+                   near: int, uf: UnionFind, how: list[tuple[int, str]]) -> list[list[str]]:
     """Join what the faces say is one photo (see the module docstring); returns [cut-out, larger photo] pairs."""
     has_face = lambda i: feats[i] is not None and feats[i].n_faces > 0  # noqa: E731
     labels = lambda i, j: compatible(photos[i].sample.label, photos[j].sample.label)  # noqa: E731
@@ -290,7 +277,7 @@ def verify(root: str | Path, negatives: str | Path | None = None, faces: bool = 
         elif min(p.size) < TINY_SIDE:
             report.findings.append(Finding("tiny", p.sample.path, f"{p.size[0]}x{p.size[1]} px"))
     ok = [i for i, p in enumerate(photos) if not p.error]
-    uf = _UnionFind(len(photos))
+    uf = UnionFind(len(photos))
     how: list[tuple[int, str]] = []  # (a photo of a joined pair, why the pair is one photo)
     first_of: dict[str, int] = {}
     for i in ok:
