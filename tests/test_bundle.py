@@ -64,3 +64,56 @@ def test_save_replaces_atomically(bundle_copy):
     again = ModelBundle.load(bundle_copy)
     assert again.manifest["note"] == "second save"
     assert not [p for p in bundle_copy.parent.iterdir() if p.name.startswith(".")]  # no temp folders left
+
+
+def test_save_never_deletes_what_is_not_a_model(bundle_copy, tmp_path):
+    """`--out` pointed at a folder of photos, at a file, or at the data folder: refused, nothing touched."""
+    b = ModelBundle.load(bundle_copy)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "me.jpg").write_bytes(b"my only copy")
+    with pytest.raises(BundleError, match="is not empty and is not an xory model"):
+        b.save(photos)
+    assert (photos / "me.jpg").read_bytes() == b"my only copy" and sorted(photos.iterdir()) == [photos / "me.jpg"]
+    with pytest.raises(BundleError, match="exists and is not a folder"):
+        b.save(photos / "me.jpg")
+    assert (photos / "me.jpg").read_bytes() == b"my only copy"
+
+
+def test_resave_replaces_its_own_files_and_keeps_the_rest(bundle_copy):
+    (bundle_copy / "report.html").write_text("<p>the card</p>")
+    ModelBundle.load(bundle_copy).save(bundle_copy)
+    assert (bundle_copy / "report.html").read_text() == "<p>the card</p>"
+    assert (bundle_copy.stat().st_mode & 0o055) == 0o055  # readable by others, not mkdtemp's 0700
+    ModelBundle.load(bundle_copy)
+
+
+def test_train_refuses_a_non_model_out_before_any_work(small_kpop, tmp_path):
+    from xory.cli import main
+
+    (tmp_path / "notes.txt").write_text("keep me")
+    assert main(["train", str(small_kpop), "--out", str(tmp_path), "--quiet"]) == 2
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.pop("labels"), "does not describe a usable model (KeyError: 'labels')"),
+    (lambda m: m["labels"].update(top=["a", "b"]), "head 'face' has classes outside labels.top"),
+    (lambda m: m.update(mode="bogus"), "mode 'bogus' is not 'faces' or 'image'"),
+    (lambda m: m.update(heads={}), "a faces-mode model needs a face head and an image head"),
+    (lambda m: m.pop("features"), "does not describe a usable model (KeyError: 'features')"),
+])
+def test_a_manifest_that_makes_no_model_is_refused_clearly(bundle_copy, edit, message):
+    import xory
+
+    m = json.loads((bundle_copy / "manifest.json").read_text())
+    edit(m)
+    (bundle_copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        xory.load(bundle_copy)
+
+
+def test_a_manifest_that_is_not_an_object_is_refused(bundle_copy):
+    (bundle_copy / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(BundleError, match="not an xory model"):
+        ModelBundle.load(bundle_copy)

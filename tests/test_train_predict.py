@@ -83,3 +83,41 @@ def test_negatives_are_answered_neither_sometimes(small_model):
               for f in photos(member)[6:8]]
     labels = [m.predict(f).label for f in others[:30]]
     assert "neither" in labels
+
+
+def run_xory(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "xory.cli", *args], capture_output=True, text=True)
+
+
+def test_predict_goes_on_past_strange_shapes_and_empty_folders(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (100_000, 16), (120, 90, 60)).save(tmp_path / "wide.png")
+    (tmp_path / "empty").mkdir()
+    good = photos(KPOP / "bts" / "jimin")[20]
+    r = run_xory("predict", str(tmp_path / "wide.png"), str(tmp_path / "empty"), str(good), "--json")
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [line["path"] for line in lines] == [str(tmp_path / "wide.png"), str(tmp_path / "empty"), str(good)]
+    assert lines[1]["error"].startswith("folder holds no photos (.bmp .gif")
+    assert lines[2]["error"] is None and lines[2]["label"] == "bts"
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+
+
+def test_bad_train_and_serve_options_are_refused_up_front(small_kpop, tmp_path):
+    r = run_xory("train", str(small_kpop), "--out", str(tmp_path / "m"), "--holdout", "2")
+    assert r.returncode == 2 and "--holdout 2.0: give the share of photos to hold out" in r.stderr
+    r = run_xory("train", str(small_kpop), "--out", str(tmp_path / "m"), "--holdout", "0.2", "--split", "s.json")
+    assert r.returncode == 2 and "give --split or --holdout, not both" in r.stderr
+    r = run_xory("train", str(small_kpop), "--out", str(tmp_path / "m"), "--split", str(tmp_path / "none.json"))
+    assert r.returncode == 2 and "none.json: split file not found" in r.stderr
+    r = run_xory("serve", "--port", "99999")
+    assert r.returncode == 2 and "99999 is not a port (1-65535)" in r.stderr
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = run_xory("serve", "--port", str(port))
+    assert r.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "m").exists()

@@ -340,12 +340,20 @@ def test_site_folder(tmp_path, web_model_dir, capsys):
     assert "publish it with GitHub Pages" in capsys.readouterr().out
 
     # the model card, when there is one, is the About page
+    # a second export replaces xory's own files and keeps the user's (a git repository, a CNAME for Pages)
+    (out / ".git").mkdir()
+    (out / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (out / "CNAME").write_text("bts-or-exo.example.org\n")
     card = tmp_path / "card.html"
     card.write_text("<html><body class=x><h1>Model card: BTS or EXO?</h1></body></html>")
-    assert main(["site", str(out), "--api", "http://127.0.0.1:7860/", "--model", str(web_model_dir),
-                 "--card", str(card)]) == 0  # an earlier export is replaced whole
+    assert main(["site", str(out), "--api", "http://127.0.0.1:7860/?a=1&b=<2>", "--model", str(web_model_dir),
+                 "--card", str(card)]) == 0
     about = (out / "about.html").read_text()
     assert about.startswith("<html><body class=x><p><a href=\"./\">") and "Model card: BTS or EXO?" in about
+    assert '<meta name="xory-api" content="http://127.0.0.1:7860/?a=1&amp;b=&lt;2&gt;/">' in \
+        (out / "index.html").read_text()
+    assert (out / ".git" / "HEAD").read_text() == "ref: refs/heads/main\n"
+    assert (out / "CNAME").read_text() == "bts-or-exo.example.org\n"
 
     # a folder that is not an earlier export is never touched; bad --api and a missing card are refused
     mine = tmp_path / "mine"

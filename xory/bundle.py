@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ModelBundle", "BundleError", "SCHEMA_VERSION", "default_model_dir", "file_sha256", "swap_folder"]
+__all__ = ["ModelBundle", "BundleError", "SCHEMA_VERSION", "default_model_dir", "file_sha256", "swap_folder", "owned_model_files",
+           "writable_folder"]
 
 SCHEMA_VERSION = 1
 FORMAT = "xory-bundle"
@@ -40,15 +41,56 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def swap_folder(new: Path, dest: Path) -> None:
-    """Put the complete folder `new` at `dest` by renames: an old `dest` stays whole until `new` is in place."""
-    if dest.exists():
+def swap_folder(new: Path, dest: Path, owned: set[str] | None = None) -> None:
+    """Put the complete folder `new` at `dest` by renames: an old `dest` stays whole until `new` is in place.
+    With `owned` (the names a tool wrote there before), every other entry of the old `dest` that `new` does not
+    hold (a user's .git, notes, a report) is carried over into `new` first: only the tool's own files are
+    replaced. Without it, `dest` must be new or empty."""
+    if not dest.exists():
+        os.replace(new, dest)
+        return
+    carried: list[str] = []
+    try:
+        if owned is not None:
+            for entry in sorted(dest.iterdir()):
+                if entry.name not in owned and not (new / entry.name).exists():
+                    os.replace(entry, new / entry.name)
+                    carried.append(entry.name)
         old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
         os.replace(dest, old / "previous")
-        os.replace(new, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, dest)
+    except BaseException:
+        for name in carried:  # put the user's entries back where they were
+            os.replace(new / name, dest / name)
+        raise
+    os.replace(new, dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def writable_folder(tmp: Path) -> None:
+    """mkdtemp makes a private (0700) folder; a model or an export is for others to read too."""
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
+
+
+def owned_model_files(folder: Path) -> set[str]:
+    """The names an xory model at `folder` owns (empty for a new or empty folder); BundleError when `folder`
+    holds something else, so that `--out` pointed at photos or a file never deletes them."""
+    if not folder.exists():
+        return set()
+    if not folder.is_dir():
+        raise BundleError(f"{folder}: exists and is not a folder; choose a new folder for the model (nothing was "
+                          "changed)")
+    if not any(folder.iterdir()):
+        return set()
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        manifest = None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{folder}: the folder is not empty and is not an xory model; choose a new or empty "
+                          "folder for the model (nothing was changed)")
+    return {"manifest.json", *(manifest.get("files") or {})}
 
 
 @dataclass
@@ -61,10 +103,14 @@ class ModelBundle:
     folder: Path | None = None
 
     def save(self, folder: str | Path) -> Path:
+        """Write the bundle to `folder` atomically. An existing `folder` must be empty or an xory model: its own
+        files are replaced, anything else in it (a report.html) is kept; any other path is refused untouched."""
         folder = Path(folder).resolve()
+        owned = owned_model_files(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
+            writable_folder(tmp)
             buf = io.BytesIO()
             np.savez_compressed(buf, **self.arrays)
             (tmp / ARRAYS_FILE).write_bytes(buf.getvalue())
@@ -73,7 +119,7 @@ class ModelBundle:
             files = {name: file_sha256(tmp / name) for name in [ARRAYS_FILE, *self.extra_files]}
             manifest = {"format": FORMAT, "schema_version": SCHEMA_VERSION, **self.manifest, "files": files}
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-            swap_folder(tmp, folder)
+            swap_folder(tmp, folder, owned)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -92,8 +138,9 @@ class ModelBundle:
             manifest = json.loads(mpath.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise BundleError(f"{mpath}: not valid JSON ({e})") from None
-        if manifest.get("format") != FORMAT:
-            raise BundleError(f"{mpath}: not an xory model (format {manifest.get('format')!r})")
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            what = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+            raise BundleError(f"{mpath}: not an xory model (format {what!r})")
         version = manifest.get("schema_version")
         if version != SCHEMA_VERSION:
             raise BundleError(f"{mpath}: schema version {version!r} is not supported "

@@ -44,27 +44,53 @@ def _expand(paths: list[str]) -> list[str]:
     for p in paths:
         path = Path(p)
         if path.is_dir():
-            out.extend(str(f) for f in sorted(path.rglob("*"))
-                       if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
+            found = [str(f) for f in sorted(path.rglob("*"))
+                     if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")]
+            out.extend(found or [p])  # a folder without photos is answered with its own error line
         else:
             out.append(p)
     return out
 
 
 def _cmd_predict(a: argparse.Namespace) -> int:
-    from .model import load
+    from .images import IMAGE_SUFFIXES
+    from .model import Prediction, load
 
     model = load(a.model)
     status = 0
     for path in _expand(a.paths):
-        p = model.predict(path)
+        if Path(path).is_dir():  # _expand keeps a folder only when it holds no photo
+            p = Prediction(path=path, label=None, confidences={},
+                           error="folder holds no photos (" + " ".join(sorted(IMAGE_SUFFIXES)) + ")")
+        else:
+            p = model.predict(path)
         status = 1 if p.error else status
         print(json.dumps(p.to_json()) if a.json else str(p), flush=True)
     return status
 
 
+def _port(text: str) -> int:
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (1-65535)")
+    return port
+
+
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            raise ValueError(f"cannot listen on {host}:{port} ({e.strerror}); another server may hold it: choose "
+                             "another with --port") from None
+
+
 def _cmd_serve(a: argparse.Namespace) -> int:
     from .app import serve
+
+    _check_port_free(a.host, a.port)
 
     serve(model_dir=a.model, host=a.host, port=a.port)
     return 0
@@ -131,6 +157,8 @@ def _cmd_clean(a: argparse.Namespace) -> int:
 
         if len(a.paths) != 1:
             raise ValueError("usage: xory clean --undo DATA_DIR [--all]")
+        if not Path(a.paths[0]).is_dir():
+            raise FileNotFoundError(f"{a.paths[0]}: not a folder")
         done = ActionLog(a.paths[0]).undo(all=a.all)
         for e in done:
             print(f"undid {e['undone_action']} #{e['undoes']}: {len(e['moves'])} photo(s) back"
@@ -211,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="the Gradio app and its API")
     s.add_argument("--model", help="model folder (default: the bundled BTS-or-EXO model)")
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=7860)
+    s.add_argument("--port", type=_port, default=7860)
     s.set_defaults(func=_cmd_serve)
 
     e = sub.add_parser("evaluate", help="metrics, confusion matrices and top losses on labelled photos")
@@ -296,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--undo", action="store_true", help="undo the last logged action in DATA_DIR and exit")
     c.add_argument("--all", action="store_true", help="with --undo: undo every logged action")
     c.add_argument("--host", default="127.0.0.1")
-    c.add_argument("--port", type=int, default=7861)
+    c.add_argument("--port", type=_port, default=7861)
     c.set_defaults(func=_cmd_clean)
     return parser
 
@@ -310,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (BundleError, FileNotFoundError, ValueError) as e:
         print(f"xory {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # an output path that is a folder, a read-only place, a full disk
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"xory {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

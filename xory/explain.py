@@ -78,6 +78,10 @@ class Explanation:
         if self.image is None:
             raise ValueError(f"{self.prediction.path}: nothing to save ({self.prediction.error})")
         path = Path(path)
+        if path.suffix.lower() not in ("", ".png"):
+            raise ValueError(f"{path}: the explanation is a PNG picture; give a name ending in .png")
+        if path.is_dir():
+            raise ValueError(f"{path}: is a folder; give a file name ending in .png")
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, png_bytes(self.image))
         return path

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .bundle import ModelBundle, default_model_dir, swap_folder
+from .bundle import ModelBundle, default_model_dir, swap_folder, writable_folder
 
 __all__ = ["WEB_DIR", "MODEL_CARD", "ExportResult", "about_html", "export_site", "export_space", "pinned_requirements"]
 
@@ -122,23 +122,28 @@ def _check_out(out: Path, kind: str) -> None:
         raise ExportError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
         marker = out / MARKER
-        if not marker.is_file() or marker.read_text().strip() != kind:
+        if not marker.is_file() or marker.read_text().split()[:1] != [kind]:
             raise ExportError(f"{out}: the folder is not empty and was not made by `xory {kind}`; "
                               "choose a new or empty folder (nothing was changed)")
 
 
 def _write_atomically(out: Path, kind: str, fill) -> list[str]:
-    """Make the export in a temp folder beside `out` with fill(tmp), then put it in place of `out`."""
+    """Make the export in a temp folder beside `out` with fill(tmp), then put it in place of `out`. Over an
+    earlier export, only xory's own files are replaced: the marker lists them, and everything else there (.git,
+    .venv, CNAME, notes) is kept."""
     out = out.resolve()
     _check_out(out, kind)
+    marker = out / MARKER
+    owned = set(marker.read_text().split()[1:]) | {MARKER} if marker.is_file() else set()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; a web server must be able to read the export
+        writable_folder(tmp)  # a web server must be able to read the export
         fill(tmp)
-        (tmp / MARKER).write_text(kind + "\n")
+        names = sorted(p.name for p in tmp.iterdir())
+        (tmp / MARKER).write_text(kind + "\n" + "\n".join(names) + "\n")
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
-        swap_folder(tmp, out)
+        swap_folder(tmp, out, owned | set(names))
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -166,7 +171,7 @@ def export_site(out: str | Path, api: str, model_dir: str | Path | None = None,
     bundle = _load_bundle(model_dir)
     page = (WEB_DIR / "index.html").read_text(encoding="utf-8")
     page = page.replace('<meta name="xory-api" content="">', f'<meta name="xory-api" content="{html.escape(api)}">')
-    if api not in page:
+    if html.escape(api) not in page:
         raise ExportError(f"{WEB_DIR / 'index.html'}: has no <meta name=\"xory-api\"> to fill in")
 
     def fill(tmp: Path) -> None:

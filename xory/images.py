@@ -15,10 +15,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 __all__ = ["ImageError", "Photo", "open_image", "file_hash", "IMAGE_SUFFIXES", "MAX_PIXELS", "MIN_SIDE"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".png", ".webp", ".gif", ".bmp"}
-MAX_PIXELS = 40_000_000  # a declared size above this is treated as a decompression bomb
+MAX_PIXELS = 120_000_000  # a declared size above this is treated as a decompression bomb (phones make 50-108 MP)
 MIN_SIDE = 16  # smaller than this carries no face and no usable whole-image features
 MAX_FILE_BYTES = 50 * 1024 * 1024
-BOMB = f"image too large (declares more than {MAX_PIXELS:,} pixels: a decompression bomb?)"
 
 Source = Union[str, Path, bytes]
 
@@ -86,6 +85,10 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _bomb(what: str) -> str:
+    return f"image too large ({what} declare more than {MAX_PIXELS:,} pixels: a decompression bomb?)"
+
+
 def open_image(source: Source, name: str | None = None) -> Photo:
     """Read a file (or bytes) into an upright RGB Photo. Raises ImageError('name: reason')."""
     name = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
@@ -94,11 +97,11 @@ def open_image(source: Source, name: str | None = None) -> Photo:
         raise ImageError(name, "empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked here
             img = Image.open(io.BytesIO(data))
             w, h = img.size
             if w * h > MAX_PIXELS:
-                raise ImageError(name, BOMB)
+                raise ImageError(name, _bomb(f"{w}x{h} px"))
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)  # animated GIF/WebP: the first frame
             img.load()
@@ -107,8 +110,8 @@ def open_image(source: Source, name: str | None = None) -> Photo:
         raise
     except UnidentifiedImageError:
         raise ImageError(name, "not an image (unrecognised format)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(name, BOMB) from None
+    except Image.DecompressionBombError:
+        raise ImageError(name, _bomb("its frames")) from None
     except OSError as e:
         msg = str(e)
         low = msg.lower()

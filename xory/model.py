@@ -90,7 +90,28 @@ class Model:
     """A loaded bundle. Thread-safe predict (the embedders run one photo at a time)."""
 
     def __init__(self, bundle: ModelBundle):
+        try:
+            self._read(bundle)
+        except BundleError:
+            raise
+        except (KeyError, TypeError, AttributeError, ValueError, IndexError) as e:
+            raise BundleError(f"{bundle.folder}: manifest.json does not describe a usable model "
+                              f"({type(e).__name__}: {e})") from None
+
+    def _read(self, bundle: ModelBundle) -> None:
         m = bundle.manifest
+        where = f"{bundle.folder}: manifest.json"
+        top, heads = m["labels"]["top"], m["heads"]
+        if not isinstance(top, list) or len(top) < 2 or not all(isinstance(t, str) for t in top):
+            raise BundleError(f"{where}: labels.top must list at least two class names")
+        if m.get("mode") not in ("faces", "image"):
+            raise BundleError(f"{where}: mode {m.get('mode')!r} is not 'faces' or 'image'")
+        if not heads.get("image") or (m["mode"] == "faces" and not heads.get("face")):
+            raise BundleError(f"{where}: a {m['mode']}-mode model needs "
+                              + ("a face head and an image head" if m["mode"] == "faces" else "an image head"))
+        for name, head in heads.items():
+            if head and not {top_of(c) for c in head["classes"]} <= set(top):
+                raise BundleError(f"{where}: head {name!r} has classes outside labels.top {top}")
         self.bundle = bundle
         self.manifest = m
         self.top: list[str] = list(m["labels"]["top"])
@@ -107,13 +128,14 @@ class Model:
 
     @classmethod
     def load(cls, folder: str | Path | None = None) -> "Model":
-        bundle = ModelBundle.load(folder or default_model_dir())
-        backbone = bundle.manifest["features"]["image"]
+        model = cls(ModelBundle.load(folder or default_model_dir()))  # cls() refuses a manifest that makes no model
+        backbone = model.manifest["features"]["image"]
         if not backbone.get("file"):
-            if not BACKBONE_PATH.is_file() or file_sha256(BACKBONE_PATH) != backbone["sha256"]:
-                raise BundleError(f"{bundle.folder}: the model was trained with another backbone "
-                                  f"({backbone['name']} sha256 {backbone['sha256'][:12]}...) than this xory ships")
-        return cls(bundle)
+            if not BACKBONE_PATH.is_file() or file_sha256(BACKBONE_PATH) != backbone.get("sha256"):
+                raise BundleError(f"{model.bundle.folder}: the model was trained with another backbone "
+                                  f"({backbone.get('name')} sha256 {str(backbone.get('sha256'))[:12]}...) than "
+                                  "this xory ships")
+        return model
 
     @property
     def extractor(self):
@@ -163,9 +185,12 @@ class Model:
                         else "<bytes>")
         try:
             photo = source if isinstance(source, Photo) else open_image(source, path)
+            return self.predict_features(self.features(photo), path)
         except ImageError as e:
             return Prediction(path=path, label=None, confidences={}, faces=[], error=e.reason, method="none")
-        return self.predict_features(self.features(photo), path)
+        except Exception as e:  # one strange photo never stops a batch or the server
+            return Prediction(path=path, label=None, confidences={}, faces=[], method="none",
+                              error=f"could not process the photo ({type(e).__name__}: {e})")
 
     def explain(self, source: str | Path | bytes | Photo, name: str | None = None, grid: int = 7,
                 max_faces: int = 4):

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from .bundle import ModelBundle, file_sha256
+from .bundle import ModelBundle, file_sha256, owned_model_files
 from .crossval import HeadRecipe, cross_validate
 from .dataset import NEITHER, Dataset, Sample, scan
 from .evaluate import evaluate_split, format_metrics
@@ -26,7 +26,7 @@ from .heads import LinearHead
 from .model import Model
 from .split import holdout_split, load_split, save_split
 
-__all__ = ["TrainConfig", "train", "evaluate_split", "load_table", "fit_bundle", "FACE_C", "IMAGE_C", "SPLIT_FILE"]
+__all__ = ["TrainConfig", "train", "evaluate_split", "load_table", "fit_bundle", "check_holdout", "FACE_C", "IMAGE_C", "SPLIT_FILE"]
 
 FACE_C = 30.0  # face descriptors are unit-length and well separated: a weakly regularised head (C swept on 3 splits)
 IMAGE_C = 0.05  # 1280 standardised CNN features: strongly regularised
@@ -158,9 +158,21 @@ def load_table(cfg: TrainConfig, ds: Dataset, log: Callable[[str], None] = print
     return table
 
 
+def check_holdout(cfg: TrainConfig) -> set[str] | None:
+    """Refuse a bad --holdout / --split / --out before any work; the split file's held-out hashes, if one is given."""
+    if not 0 <= cfg.holdout < 1:
+        raise ValueError(f"--holdout {cfg.holdout}: give the share of photos to hold out, from 0 up to (not "
+                         "including) 1, e.g. 0.2")
+    if cfg.split and cfg.holdout:
+        raise ValueError("give --split or --holdout, not both (a split file already says which photos are held out)")
+    owned_model_files(Path(cfg.out).resolve())  # --out pointed at photos or a file: refused now, not after minutes
+    return load_split(cfg.split)["test"] if cfg.split else None
+
+
 def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> tuple[Path, dict]:
     """Scan, extract (cached), fit, measure on the hold-out (if any), save the bundle. Returns (folder, summary)."""
     t0 = time.time()
+    test = check_holdout(cfg)
     ds = scan(cfg.data, cfg.negatives)
     log(f"{len(ds.samples)} photos in {len(ds.counts())} labels under {cfg.data}"
         + (f" (+ negatives from {cfg.negatives})" if cfg.negatives else ""))
@@ -174,8 +186,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> tuple[Path, d
     mode = cfg.mode if cfg.mode != "auto" else ("faces" if with_face >= FACES_MODE_MIN_SHARE else "image")
     log(f"{with_face:.0%} of the photos show a face: {mode} mode")
     train_idx, held_idx = list(range(len(table.samples))), []
-    if cfg.split:
-        test = load_split(cfg.split)["test"]
+    if test is not None:
         held_idx = [i for i, f in enumerate(table.feats) if f.sha256 in test]
         train_idx = [i for i, f in enumerate(table.feats) if f.sha256 not in test]
         log(f"split {cfg.split}: {len(held_idx)} photos held out, {len(train_idx)} for training")

@@ -72,7 +72,8 @@ class FaceEmbedder:
         work = image
         if max(image.size) > DETECT_MAX_SIDE:
             scale = DETECT_MAX_SIDE / max(image.size)
-            work = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
+            work = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                                Image.BILINEAR)
         upsample = _upsample_times(max(work.size)) + extra_upsample
         rects, scores, _ = self.detector.run(np.asarray(work), upsample, DETECT_THRESHOLD)
         found = []
@@ -101,15 +102,24 @@ class FaceEmbedder:
         if found:
             vecs = self.embed_boxes(image, [b for b, _ in found])
             return [Face(box=b, score=s, vector=v) for (b, s), v in zip(found, vecs)]
+        small = image  # tilted retries work on the photo shrunk for detection: a rotated long strip of a photo
+        scale = 1.0    # would otherwise expand to gigapixels
+        if max(image.size) > DETECT_MAX_SIDE:
+            scale = DETECT_MAX_SIDE / max(image.size)
+            small = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                                 Image.BILINEAR)
         for angle, extra in RETRIES:
             if extra and max(image.size) > DETECT_MAX_SIDE // 2:
                 continue
-            work = image.rotate(angle, resample=Image.BILINEAR, expand=True) if angle else image
+            work = small.rotate(angle, resample=Image.BILINEAR, expand=True) if angle else image
             found = self.detect(work, extra)
             if found:
                 vecs = self.embed_boxes(work, [b for b, _ in found])
-                return [Face(box=_unrotate(b, angle, image.size, work.size), score=s, vector=v)
-                        for (b, s), v in zip(found, vecs)]
+                if not angle:
+                    return [Face(box=b, score=s, vector=v) for (b, s), v in zip(found, vecs)]
+                return [Face(box=[int(round(min(c / scale, lim))) for c, lim in
+                                  zip(_unrotate(b, angle, small.size, work.size), [image.width, image.height] * 2)],
+                             score=s, vector=v) for (b, s), v in zip(found, vecs)]
         return []
 
 
