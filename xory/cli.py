@@ -200,13 +200,20 @@ def _cmd_explain(a: argparse.Namespace) -> int:
 def _cmd_report(a: argparse.Namespace) -> int:
     from .report import write_report
 
-    print(f"wrote {write_report(a.model, a.data, a.out, a.negatives, split=a.split, progress=not a.quiet)}")
+    out = a.out or str(Path(a.model) / "report.html")
+    print(f"wrote {write_report(a.model, a.data, out, a.negatives, split=a.split, progress=not a.quiet)}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xory", description="This or that? Photos in folders -> a classifier, "
                                      "faces first.")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        parser.add_argument("--version", action="version", version=f"xory {version('xory')}")
+    except PackageNotFoundError:  # run from a copy of the source (a Space folder)
+        pass
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model bundle from folders of labelled photos")
@@ -266,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data", required=True, help="folder of label folders to measure on")
     r.add_argument("--negatives", help="folder of photos of other people")
     r.add_argument("--split", help="a split file: leave out its training side")
-    r.add_argument("--out", default="report.html", help="HTML file to write")
+    r.add_argument("--out", default=None, help="HTML file to write (default: report.html in the model folder, "
+                   "where `xory site` looks for the About page)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_cmd_report)
 

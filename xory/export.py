@@ -205,7 +205,7 @@ def pinned_requirements(dist: str = "xory") -> list[str]:
 
 
 SPACE_APP = '''"""Hugging Face Space entry point: `python app.py` serves ./model with xory's Gradio app (at /), its API
-(/predict, /predict_faces) and the many-photo page (at /web/). Made by `xory space`."""
+(/predict, /predict_faces, /explain) and the many-photo page (at /web/). Made by `xory space`."""
 import os
 from pathlib import Path
 
@@ -236,8 +236,9 @@ Upload a photo: each face is found and named, and the faces together give the an
 A photo without a face is judged as a whole.
 
 - `/` the Gradio app; `/web/` a page for many photos at once (drag, drop, paste, parallel requests)
-- API (Gradio client, Python or JS): `/predict` (label and confidences) and `/predict_faces`
-  (label, confidences, and each face's box, name, group and confidence)
+- API (Gradio client, Python or JS): `/predict` (label and confidences), `/predict_faces`
+  (label, confidences, and each face's box, name, group and confidence) and `/explain` (each face's share of
+  the answer, occlusion maps, the explanation picture)
 
 ```python
 from gradio_client import Client, handle_file

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from .bundle import BundleError, ModelBundle, default_model_dir, file_sha256
 from .dataset import NEITHER
@@ -179,8 +180,12 @@ class Model:
         return Prediction(path=path, label=self.top[int(order[0])], confidences=confidences, faces=faces,
                           method=method)
 
-    def predict(self, source: str | Path | bytes | Photo, name: str | None = None) -> Prediction:
-        """A Prediction for a file, bytes or Photo; a photo that cannot be read gives one with `error` set."""
+    def predict(self, source: str | Path | bytes | Photo | Image.Image | np.ndarray,
+                name: str | None = None) -> Prediction:
+        """A Prediction for a file, bytes, Photo, PIL image or (H, W, 3) uint8 array; a photo that cannot be read
+        gives one with `error` set."""
+        if isinstance(source, (Image.Image, np.ndarray)):  # notebooks: encoded once, then read like any file
+            source, name = _png_bytes(source), name or "<image>"
         path = name or (source.path if isinstance(source, Photo) else str(source) if not isinstance(source, bytes)
                         else "<bytes>")
         try:
@@ -204,6 +209,16 @@ class Model:
     @property
     def groups(self) -> list[str]:
         return [t for t in self.top if t != NEITHER]
+
+
+def _png_bytes(image: Image.Image | np.ndarray) -> bytes:
+    import io
+
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(np.asarray(image, np.uint8))
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
 
 
 def load(folder: str | Path | None = None) -> Model:

@@ -227,4 +227,6 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> tuple[Path, d
         folder = bundle.save(cfg.out)
     summary["seconds"]["total"] = round(time.time() - t0, 1)
     log(f"saved {folder} in {summary['seconds']['total']} s (features {t_feat:.1f} s, fit {t_fit:.2f} s)")
+    if table.skipped:
+        log(f"{len(table.skipped)} file(s) skipped (listed above with the reason, and in the manifest)")
     return folder, bundle.manifest
