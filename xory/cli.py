@@ -179,6 +179,8 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
 
     ev = evaluate(a.model, a.data, a.negatives, split=a.split, progress=not a.quiet, top_n=a.top)
     print(f"evaluated on {ev.note}")
+    for skipped in ev.metrics["skipped"]:
+        print(f"skipped {skipped['path']}: {skipped['reason']}")
     print(format_metrics(ev.metrics))
     for path in save_evaluation(ev, a.out):
         print(f"wrote {path}")

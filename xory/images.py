@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,8 +86,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _bomb(what: str) -> str:
-    return f"image too large ({what} declare more than {MAX_PIXELS:,} pixels: a decompression bomb?)"
+def _bomb(declared: str) -> str:
+    return f"image too large ({declared} declared; more than {MAX_PIXELS:,} pixels: a decompression bomb?)"
 
 
 def open_image(source: Source, name: str | None = None) -> Photo:
@@ -110,8 +111,9 @@ def open_image(source: Source, name: str | None = None) -> Photo:
         raise
     except UnidentifiedImageError:
         raise ImageError(name, "not an image (unrecognised format)") from None
-    except Image.DecompressionBombError:
-        raise ImageError(name, _bomb("its frames")) from None
+    except Image.DecompressionBombError as e:  # Pillow refuses the largest sizes before they can be read
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        raise ImageError(name, _bomb(f"{int(pixels[1]):,} px" if pixels else "its size")) from None
     except OSError as e:
         msg = str(e)
         low = msg.lower()
