@@ -119,3 +119,17 @@ def test_bad_inputs_get_clear_errors_and_the_server_keeps_answering(client, tmp_
 def test_cors_allows_other_origins(server):
     r = httpx.get(server + "gradio_api/info", headers={"Origin": "http://127.0.0.2:9999"})
     assert r.headers.get("access-control-allow-origin") in ("*", "http://127.0.0.2:9999")
+
+
+@pytest.mark.parametrize("endpoint", ["predict", "predict_faces", "explain"])
+def test_a_path_on_the_server_is_never_opened(server, client, endpoint):
+    """A request may name a file instead of uploading one; the server must not read its own files for it."""
+    secret = KPOP / "bts" / "jimin" / photos(KPOP / "bts" / "jimin")[0].name
+    r = httpx.post(f"{server}gradio_api/call/{endpoint}", timeout=30,
+                   json={"data": [{"path": str(secret), "meta": {"_type": "gradio.FileData"}}]})
+    event = r.json()["event_id"]
+    stream = httpx.get(f"{server}gradio_api/call/{endpoint}/{event}", timeout=60).text
+    assert "event: error" in stream and '"label"' not in stream, stream
+    from gradio_client import handle_file  # and an upload still works
+
+    assert client.predict(img=handle_file(str(secret)), api_name="/predict")["label"] == "bts"

@@ -117,3 +117,44 @@ def test_a_manifest_that_is_not_an_object_is_refused(bundle_copy):
     (bundle_copy / "manifest.json").write_text("[1, 2]")
     with pytest.raises(BundleError, match="not an xory model"):
         ModelBundle.load(bundle_copy)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.update(files=["heads.npz"]), '"files" must map file names to their sha256'),
+    (lambda m: m.update(files=5), '"files" must map file names to their sha256'),
+    (lambda m: m["labels"].update(top=["bts", "bts", "neither"]), "labels.top names a class twice"),
+    (lambda m: m["features"]["image"].update(file="../../../etc/passwd"), "is not one of the bundle's checked files"),
+])
+def test_more_manifests_that_make_no_model(bundle_copy, edit, message):
+    import xory
+
+    m = json.loads((bundle_copy / "manifest.json").read_text())
+    edit(m)
+    (bundle_copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match=message.replace("(", r"\(")):
+        xory.load(bundle_copy)
+
+
+def test_arrays_of_the_wrong_shape_or_a_pickle_are_refused(bundle_copy):
+    import hashlib
+
+    import xory
+
+    def rewrite(**arrays):
+        with np.load(bundle_copy / "heads.npz") as z:
+            data = {k: z[k] for k in z.files}
+        data.update(arrays)
+        np.savez(bundle_copy / "heads.npz", **data)
+        m = json.loads((bundle_copy / "manifest.json").read_text())
+        m["files"]["heads.npz"] = hashlib.sha256((bundle_copy / "heads.npz").read_bytes()).hexdigest()
+        (bundle_copy / "manifest.json").write_text(json.dumps(m))
+
+    rewrite(face_W=np.zeros((3, 7), np.float32))
+    with pytest.raises(BundleError, match=r"heads.npz: face_W must be \(20, 128\) finite numbers"):
+        xory.load(bundle_copy)
+    rewrite(face_W=np.full((20, 128), np.nan, np.float32))
+    with pytest.raises(BundleError, match="face_W must be"):
+        xory.load(bundle_copy)
+    rewrite(face_W=np.array([{"x": 1}] * 20, dtype=object))
+    with pytest.raises(BundleError, match="heads.npz: not plain arrays"):
+        xory.load(bundle_copy)

@@ -61,3 +61,19 @@ def test_python_api_shapes(default_model):
     assert isinstance(p, xory.Prediction) and isinstance(p.faces[0], xory.Face)
     assert list(p.confidences) == sorted(p.confidences, key=p.confidences.get, reverse=True)
     assert p.to_label()["label"] == "exo"
+
+
+def test_notebook_inputs_pil_images_and_arrays(default_model):
+    """A PIL image in any mode, an array (uint8 or 0..1 floats, channels last or first) read like the file."""
+    import numpy as np
+    from PIL import Image
+
+    path = KPOP / "exo" / "kai" / "Vhecz__exo__kai.jpg"
+    want = default_model.predict(path)
+    im = Image.open(path)
+    rgb = np.asarray(im.convert("RGB"))
+    for source in [im, im.convert("CMYK"), rgb, rgb / 255.0, np.moveaxis(rgb, -1, 0), bytearray(path.read_bytes())]:
+        p = default_model.predict(source)
+        assert p.error is None and p.label == want.label == "exo" and p.faces[0].label == "kai", type(source)
+    assert default_model.predict(np.zeros((2, 3, 4, 5))).error.startswith("an array of shape (2, 3, 4, 5) is not")
+    assert default_model.explain(im.convert("CMYK")).prediction.faces[0].label == "kai"

@@ -355,6 +355,12 @@ def test_site_folder(tmp_path, web_model_dir, capsys):
     assert (out / ".git" / "HEAD").read_text() == "ref: refs/heads/main\n"
     assert (out / "CNAME").read_text() == "bts-or-exo.example.org\n"
 
+    # a fresh clone of a Pages repository (only .git) is a fine place for a first export
+    clone = tmp_path / "clone"
+    (clone / ".git").mkdir(parents=True)
+    assert main(["site", str(clone), "--api", "https://x.hf.space/", "--model", str(web_model_dir)]) == 0
+    assert (clone / ".git").is_dir() and (clone / "index.html").is_file()
+
     # a folder that is not an earlier export is never touched; bad --api and a missing card are refused
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -386,6 +392,9 @@ def test_space_folder_starts_and_answers(tmp_path, web_model_dir, run_space):
     readme = (space / "README.md").read_text()
     assert readme.startswith("---\ntitle: BTS or EXO?\n") and f"sdk_version: {md.version('gradio')}\n" in readme
     assert "app_file: app.py" in readme and "sdk: gradio" in readme
+    assert sorted(p.name for p in (space / "model").iterdir()) == sorted(
+        ["manifest.json", *json.loads((web_model_dir / "manifest.json").read_text())["files"]]
+        + (["report.html"] if (web_model_dir / "report.html").is_file() else []))
     for f in ("app.py", "model/manifest.json", "model/heads.npz", "xory/app.py", "xory/assets/efficientnet_lite0.onnx",
               "xory/web/index.html", "xory/web/app.js"):
         assert (space / f).is_file(), f

@@ -39,10 +39,30 @@ def _title(model: Model) -> str:
     return " or ".join(groups[:4]) + "?"
 
 
+def _uploaded_only(examples: list[str]):
+    """A check that a photo path came from an upload (or is one of our examples). Gradio mounted in FastAPI does
+    not refuse a request that names a file on the server ({"path": "/etc/passwd"}): without this, any page
+    could read the server's photos back through /explain."""
+    from gradio.utils import get_upload_folder
+
+    uploads = Path(get_upload_folder()).resolve()
+    allowed = {Path(e).resolve() for e in examples}
+
+    def check(img: str) -> None:
+        path = Path(img).resolve()
+        if not (path.is_relative_to(uploads) or path in allowed):
+            raise gr.Error(f"{Path(img).name}: only uploaded photos are accepted")
+
+    return check
+
+
 def build_app(model: Model, examples: list[str] | None = None, page_link: str | None = None) -> gr.Blocks:
+    uploaded = _uploaded_only(examples or [])
+
     def run(img: str | None) -> Prediction:
         if not img:
             raise gr.Error("no photo given")
+        uploaded(img)
         p = model.predict(img, name=Path(img).name)
         if p.error:
             raise gr.Error(f"{p.path}: {p.error}")
@@ -66,6 +86,7 @@ def build_app(model: Model, examples: list[str] | None = None, page_link: str | 
     def why(img: str | None):
         if not img:
             raise gr.Error("no photo given")
+        uploaded(img)
         ex = model.explain(img, name=Path(img).name, grid=5, max_faces=3)  # a 5x5 grid keeps it to seconds
         if ex.prediction.error:
             raise gr.Error(f"{ex.prediction.path}: {ex.prediction.error}")
@@ -80,7 +101,7 @@ def build_app(model: Model, examples: list[str] | None = None, page_link: str | 
         ex = why(img)
         return ex.image, "```\n" + str(ex) + "\n```"
 
-    with gr.Blocks(title=_title(model)) as demo:
+    with gr.Blocks(title=_title(model), delete_cache=(900, 900)) as demo:  # uploads older than 15 min go
         gr.Markdown(f"# {_title(model)}\nUpload or paste a photo. Each face is found, named, and the faces "
                     "together give the answer; a photo without a face is judged as a whole."
                     + (f" Many photos at once: [the web page]({page_link})." if page_link else ""))
@@ -134,7 +155,11 @@ def build_server(model: Model, examples: list[str] | None = None):
     app.mount("/web", StaticFiles(directory=WEB_DIR, html=True), name="web")
     demo = build_app(model, examples, page_link="web/")
     demo.queue(default_concurrency_limit=2)
-    return gr.mount_gradio_app(app, demo, path="/", max_file_size="25mb", footer_links=["api"])
+    app = gr.mount_gradio_app(app, demo, path="/", max_file_size="25mb", footer_links=["api"])
+    # Gradio refuses request paths outside its upload folder only in an app it "launched"; a mounted app is
+    # served all the same, so it gets the same check (and run() checks again)
+    demo.has_launched = True
+    return app
 
 
 def serve(model_dir: str | None = None, host: str = "127.0.0.1", port: int = 7860,

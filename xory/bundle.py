@@ -138,6 +138,8 @@ class ModelBundle:
             manifest = json.loads(mpath.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise BundleError(f"{mpath}: not valid JSON ({e})") from None
+        except RecursionError:
+            raise BundleError(f"{mpath}: not an xory manifest (nested too deeply)") from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             what = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
             raise BundleError(f"{mpath}: not an xory model (format {what!r})")
@@ -146,6 +148,8 @@ class ModelBundle:
             raise BundleError(f"{mpath}: schema version {version!r} is not supported "
                               f"(this xory reads version {SCHEMA_VERSION}); retrain with this version")
         files = manifest.get("files") or {}
+        if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+            raise BundleError(f"{mpath}: \"files\" must map file names to their sha256")
         if ARRAYS_FILE not in files:
             raise BundleError(f"{mpath}: lists no {ARRAYS_FILE}")
         for name, digest in files.items():
@@ -157,7 +161,10 @@ class ModelBundle:
             if file_sha256(path) != digest:
                 raise BundleError(f"{folder}: file {name} does not match its checksum in manifest.json "
                                   "(changed or damaged)")
-        with np.load(folder / ARRAYS_FILE, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        try:
+            with np.load(folder / ARRAYS_FILE, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except Exception as e:  # a pickle, a damaged zip: never run, never a traceback
+            raise BundleError(f"{folder / ARRAYS_FILE}: not plain arrays ({type(e).__name__}: {e})") from None
         extra = {n: folder / n for n in files if n != ARRAYS_FILE}
         return cls(manifest=manifest, arrays=arrays, extra_files=extra, folder=folder)

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 
 from .features.faces import Face
 from .heads import face_weights, top_of
-from .images import ImageError, Photo, open_image
+from .images import ImageError, Photo, as_source, open_image
 from .model import Model, Prediction
 
 __all__ = ["Explanation", "FaceExplanation", "explain", "class_activation_map", "face_occlusion"]
@@ -150,17 +150,16 @@ def face_occlusion(model: Model, photo: Photo, face: Face, grid: int = 7) -> tup
     return Image.fromarray(chip), (p[0] - p[1:]).reshape(grid, grid), float(p[0])
 
 
-def explain(model: Model, source: str | Path | bytes | Photo, name: str | None = None, grid: int = 7,
+def explain(model: Model, source, name: str | None = None, grid: int = 7,
             max_faces: int = MAX_FACES) -> Explanation:
     """The prediction, each face's contribution and occlusion map, or the CAM when no face answered."""
     if not 1 <= grid <= 30:
         raise ValueError(f"the occlusion grid must be 1 to 30 cells a side, not {grid}")
-    path = name or (source.path if isinstance(source, Photo) else str(source) if not isinstance(source, bytes)
-                    else "<bytes>")
     try:
+        source, path = as_source(source, name)
         photo = source if isinstance(source, Photo) else open_image(source, path)
     except ImageError as e:
-        return Explanation(Prediction(path=path, label=None, confidences={}, error=e.reason, method="none"), [])
+        return Explanation(Prediction(path=e.path, label=None, confidences={}, error=e.reason, method="none"), [])
     feats = model.features(photo)
     pred = model.predict_features(feats, path)
     faces: list[FaceExplanation] = []

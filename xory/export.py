@@ -120,7 +120,7 @@ th,td{{text-align:left;padding:.25rem .75rem .25rem 0;vertical-align:top;border-
 def _check_out(out: Path, kind: str) -> None:
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):  # a fresh clone (.git) is fine
         marker = out / MARKER
         if not marker.is_file() or marker.read_text().split()[:1] != [kind]:
             raise ExportError(f"{out}: the folder is not empty and was not made by `xory {kind}`; "
@@ -273,7 +273,10 @@ def export_space(out: str | Path, model_dir: str | Path | None = None) -> Export
         (tmp / "requirements.txt").write_text("\n".join(reqs) + "\n")
         (tmp / "README.md").write_text(readme, encoding="utf-8")
         (tmp / ".gitattributes").write_text(GITATTRIBUTES)
-        shutil.copytree(bundle.folder, tmp / "model", ignore=shutil.ignore_patterns(".*"))
+        (tmp / "model").mkdir()
+        for name in ["manifest.json", *bundle.manifest["files"], MODEL_CARD]:  # the bundle, not what lies beside it
+            if (bundle.folder / name).is_file():
+                shutil.copyfile(bundle.folder / name, tmp / "model" / name)
         _copy_package(tmp / "xory")
 
     files = _write_atomically(Path(out), "space", fill)

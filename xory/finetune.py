@@ -46,7 +46,7 @@ from .images import ImageError, open_image
 from .model import Model
 from .split import holdout_split, load_split, save_split
 from .torchnet import Backbone, export_onnx, load_net
-from .train import SPLIT_FILE, TrainConfig, _leaf_depths, check_holdout, load_table
+from .train import SPLIT_FILE, TrainConfig, _leaf_depths, check_config, load_table
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "BACKBONE_FILE"]
 
@@ -212,7 +212,7 @@ def finetune(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> Finetun
     """Scan, split, fine-tune, export to ONNX inside the bundle, measure on the hold-out, save. Image mode only."""
     if cfg.epochs + cfg.frozen_epochs < 1 or cfg.epochs < 0 or cfg.frozen_epochs < 0:
         raise ValueError(f"fine-tuning needs at least one epoch (epochs {cfg.epochs}, frozen {cfg.frozen_epochs})")
-    check_holdout(cfg)
+    check_config(cfg)
     t0 = time.time()
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)

@@ -13,7 +13,8 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageError", "Photo", "open_image", "file_hash", "IMAGE_SUFFIXES", "MAX_PIXELS", "MIN_SIDE"]
+__all__ = ["ImageError", "Photo", "open_image", "file_hash", "IMAGE_SUFFIXES", "MAX_PIXELS", "MIN_SIDE",
+           "as_source"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".png", ".webp", ".gif", ".bmp"}
 MAX_PIXELS = 120_000_000  # a declared size above this is treated as a decompression bomb (phones make 50-108 MP)
@@ -84,6 +85,35 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def as_source(source, name: str | None = None) -> tuple["Source | Photo", str]:
+    """Anything a notebook user may hand over -> (a path, bytes or Photo that open_image reads, its name): a PIL
+    image or an (H, W[, 3|4]) array is encoded as PNG once, so it goes through the same checks as a file."""
+    if isinstance(source, Photo):
+        return source, name or source.path
+    if isinstance(source, (str, Path)):
+        return source, name or str(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source), name or "<bytes>"
+    if isinstance(source, np.ndarray):
+        name = name or "<array>"
+        a = np.asarray(source)
+        if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4):
+            a = np.moveaxis(a, 0, -1)  # channels first
+        if a.ndim == 3 and a.shape[-1] == 1:
+            a = a[..., 0]
+        if a.size == 0 or not (a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4))):
+            raise ImageError(name, f"an array of shape {a.shape} is not a picture (give (H, W, 3) uint8 RGB)")
+        if a.dtype.kind == "f":
+            a = np.nan_to_num(a) * (255.0 if a.max(initial=0) <= 1.0 else 1.0)  # 0..1 floats are common
+        source = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+    if isinstance(source, Image.Image):
+        buf = io.BytesIO()
+        _to_rgb(ImageOps.exif_transpose(source) or source).save(buf, "PNG")
+        return buf.getvalue(), name or "<image>"
+    raise ImageError(name or type(source).__name__, f"cannot read a {type(source).__name__}: give a file path, "
+                     "bytes, a PIL image or an array")
 
 
 def _bomb(declared: str) -> str:

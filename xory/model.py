@@ -7,7 +7,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from .bundle import BundleError, ModelBundle, default_model_dir, file_sha256
 from .dataset import NEITHER
@@ -15,7 +14,7 @@ from .features.cache import PhotoFeatures
 from .features.faces import Face
 from .features.image import BACKBONE_PATH
 from .heads import LinearHead, combine_faces, face_top_distributions, roll_up, top_of
-from .images import ImageError, Photo, open_image
+from .images import ImageError, Photo, as_source, open_image
 
 __all__ = ["Model", "Prediction", "load"]
 
@@ -110,9 +109,24 @@ class Model:
         if not heads.get("image") or (m["mode"] == "faces" and not heads.get("face")):
             raise BundleError(f"{where}: a {m['mode']}-mode model needs "
                               + ("a face head and an image head" if m["mode"] == "faces" else "an image head"))
+        if len(set(top)) != len(top):
+            raise BundleError(f"{where}: labels.top names a class twice ({top})")
         for name, head in heads.items():
             if head and not {top_of(c) for c in head["classes"]} <= set(top):
                 raise BundleError(f"{where}: head {name!r} has classes outside labels.top {top}")
+        dims = {"face": 128, "image": 1280}
+        for name in ("face", "image"):
+            if heads.get(name):
+                k, d = len(heads[name]["classes"]), dims[name]
+                shapes = {"W": (k, d), "b": (k,), "mean": (d,), "scale": (d,)}
+                for part, shape in shapes.items():
+                    a = bundle.arrays.get(f"{name}_{part}")
+                    if a is None or a.shape != shape or not np.isfinite(a).all():
+                        raise BundleError(f"{bundle.folder}: heads.npz: {name}_{part} must be {shape} finite numbers"
+                                          f" (found {None if a is None else a.shape})")
+        backbone_file = m["features"]["image"].get("file")
+        if backbone_file and backbone_file not in {*(m.get("files") or {}), *bundle.extra_files}:
+            raise BundleError(f"{where}: the backbone {backbone_file!r} is not one of the bundle's checked files")
         self.bundle = bundle
         self.manifest = m
         self.top: list[str] = list(m["labels"]["top"])
@@ -180,24 +194,21 @@ class Model:
         return Prediction(path=path, label=self.top[int(order[0])], confidences=confidences, faces=faces,
                           method=method)
 
-    def predict(self, source: str | Path | bytes | Photo | Image.Image | np.ndarray,
-                name: str | None = None) -> Prediction:
-        """A Prediction for a file, bytes, Photo, PIL image or (H, W, 3) uint8 array; a photo that cannot be read
+    def predict(self, source, name: str | None = None) -> Prediction:
+        """A Prediction for a file path, bytes, Photo, PIL image or (H, W, 3) array; a photo that cannot be read
         gives one with `error` set."""
-        if isinstance(source, (Image.Image, np.ndarray)):  # notebooks: encoded once, then read like any file
-            source, name = _png_bytes(source), name or "<image>"
-        path = name or (source.path if isinstance(source, Photo) else str(source) if not isinstance(source, bytes)
-                        else "<bytes>")
+        path = name or "<photo>"
         try:
+            source, path = as_source(source, name)
             photo = source if isinstance(source, Photo) else open_image(source, path)
             return self.predict_features(self.features(photo), path)
         except ImageError as e:
-            return Prediction(path=path, label=None, confidences={}, faces=[], error=e.reason, method="none")
+            return Prediction(path=e.path, label=None, confidences={}, faces=[], error=e.reason, method="none")
         except Exception as e:  # one strange photo never stops a batch or the server
             return Prediction(path=path, label=None, confidences={}, faces=[], method="none",
                               error=f"could not process the photo ({type(e).__name__}: {e})")
 
-    def explain(self, source: str | Path | bytes | Photo, name: str | None = None, grid: int = 7,
+    def explain(self, source, name: str | None = None, grid: int = 7,
                 max_faces: int = 4):
         """Why this answer (an Explanation): each face's contribution to the answer and, for the `max_faces`
         largest, which part of the face mattered (a grid x grid occlusion map); without a face, the whole-image
@@ -209,16 +220,6 @@ class Model:
     @property
     def groups(self) -> list[str]:
         return [t for t in self.top if t != NEITHER]
-
-
-def _png_bytes(image: Image.Image | np.ndarray) -> bytes:
-    import io
-
-    if isinstance(image, np.ndarray):
-        image = Image.fromarray(np.asarray(image, np.uint8))
-    buf = io.BytesIO()
-    image.save(buf, "PNG")
-    return buf.getvalue()
 
 
 def load(folder: str | Path | None = None) -> Model:

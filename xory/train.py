@@ -26,7 +26,7 @@ from .heads import LinearHead
 from .model import Model
 from .split import holdout_split, load_split, save_split
 
-__all__ = ["TrainConfig", "train", "evaluate_split", "load_table", "fit_bundle", "check_holdout", "FACE_C", "IMAGE_C", "SPLIT_FILE"]
+__all__ = ["TrainConfig", "train", "evaluate_split", "load_table", "fit_bundle", "check_config", "FACE_C", "IMAGE_C", "SPLIT_FILE"]
 
 FACE_C = 30.0  # face descriptors are unit-length and well separated: a weakly regularised head (C swept on 3 splits)
 IMAGE_C = 0.05  # 1280 standardised CNN features: strongly regularised
@@ -158,8 +158,15 @@ def load_table(cfg: TrainConfig, ds: Dataset, log: Callable[[str], None] = print
     return table
 
 
-def check_holdout(cfg: TrainConfig) -> set[str] | None:
-    """Refuse a bad --holdout / --split / --out before any work; the split file's held-out hashes, if one is given."""
+def check_config(cfg: TrainConfig) -> set[str] | None:
+    """Refuse bad options (--holdout, --split, --out, --folds, --unknown-below, --workers) before any work; the split
+    file's held-out hashes, if one is given."""
+    if cfg.folds < 0 or cfg.folds == 1:
+        raise ValueError(f"--folds {cfg.folds}: give 0 (no cross-validation) or at least 2")
+    if not 0 <= cfg.unknown_below < 1:
+        raise ValueError(f"--unknown-below {cfg.unknown_below}: give a probability from 0 up to (not including) 1")
+    if cfg.workers is not None and cfg.workers < 1:
+        raise ValueError(f"--workers {cfg.workers}: give at least 1")
     if not 0 <= cfg.holdout < 1:
         raise ValueError(f"--holdout {cfg.holdout}: give the share of photos to hold out, from 0 up to (not "
                          "including) 1, e.g. 0.2")
@@ -172,7 +179,7 @@ def check_holdout(cfg: TrainConfig) -> set[str] | None:
 def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> tuple[Path, dict]:
     """Scan, extract (cached), fit, measure on the hold-out (if any), save the bundle. Returns (folder, summary)."""
     t0 = time.time()
-    test = check_holdout(cfg)
+    test = check_config(cfg)
     ds = scan(cfg.data, cfg.negatives)
     log(f"{len(ds.samples)} photos in {len(ds.counts())} labels under {cfg.data}"
         + (f" (+ negatives from {cfg.negatives})" if cfg.negatives else ""))
