@@ -112,6 +112,8 @@ def test_bad_train_and_serve_options_are_refused_up_front(small_kpop, tmp_path):
     assert r.returncode == 2 and "none.json: split file not found" in r.stderr
     r = run_xory("train", str(small_kpop), "--out", str(tmp_path / "m"), "--folds", "1")
     assert r.returncode == 2 and "--folds 1: give 0 (no cross-validation) or at least 2" in r.stderr
+    r = run_xory("evaluate", str(tmp_path), str(small_kpop), "--out", str(small_kpop / "bts" / "jimin"))
+    assert r.returncode == 2 and "is inside the data folder" in r.stderr
     r = run_xory("serve", "--port", "99999")
     assert r.returncode == 2 and "99999 is not a port (1-65535)" in r.stderr
     import socket

@@ -174,8 +174,19 @@ def _cmd_clean(a: argparse.Namespace) -> int:
     return 0
 
 
+def _outside_data(out: str, *folders: str | None) -> None:
+    """Pictures written into a data folder would be read back as photos of a label by the next training."""
+    target = Path(out).resolve()
+    for folder in filter(None, folders):
+        if target.is_relative_to(Path(folder).resolve()):
+            raise ValueError(f"--out {out}: is inside the data folder {folder}; its pictures would be read as photos "
+                             "there: choose a folder outside it")
+
+
 def _cmd_evaluate(a: argparse.Namespace) -> int:
     from .evaluate import evaluate, format_metrics, save_evaluation
+
+    _outside_data(a.out, a.data, a.negatives)
 
     ev = evaluate(a.model, a.data, a.negatives, split=a.split, progress=not a.quiet, top_n=a.top)
     print(f"evaluated on {ev.note}")
