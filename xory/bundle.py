@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["ModelBundle", "BundleError", "SCHEMA_VERSION", "default_model_dir", "file_sha256", "swap_folder", "owned_model_files",
-           "writable_folder"]
+           "readable_by_others"]
 
 SCHEMA_VERSION = 1
 FORMAT = "xory-bundle"
@@ -66,7 +66,7 @@ def swap_folder(new: Path, dest: Path, owned: set[str] | None = None) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def writable_folder(tmp: Path) -> None:
+def readable_by_others(tmp: Path) -> None:
     """mkdtemp makes a private (0700) folder; a model or an export is for others to read too."""
     umask = os.umask(0)
     os.umask(umask)
@@ -110,7 +110,7 @@ class ModelBundle:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
-            writable_folder(tmp)
+            readable_by_others(tmp)
             buf = io.BytesIO()
             np.savez_compressed(buf, **self.arrays)
             (tmp / ARRAYS_FILE).write_bytes(buf.getvalue())

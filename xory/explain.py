@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 
 from .features.faces import Face
 from .heads import face_weights, top_of
-from .images import ImageError, Photo, as_source, open_image
+from .images import ImageError, Photo, open_photo
 from .model import Model, Prediction
 
 __all__ = ["Explanation", "FaceExplanation", "explain", "class_activation_map", "face_occlusion"]
@@ -156,10 +156,10 @@ def explain(model: Model, source, name: str | None = None, grid: int = 7,
     if not 1 <= grid <= 30:
         raise ValueError(f"the occlusion grid must be 1 to 30 cells a side, not {grid}")
     try:
-        source, path = as_source(source, name)
-        photo = source if isinstance(source, Photo) else open_image(source, path)
+        photo = open_photo(source, name)
     except ImageError as e:
         return Explanation(Prediction(path=e.path, label=None, confidences={}, error=e.reason, method="none"), [])
+    path = photo.path
     feats = model.features(photo)
     pred = model.predict_features(feats, path)
     faces: list[FaceExplanation] = []

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .bundle import ModelBundle, default_model_dir, swap_folder, writable_folder
+from .bundle import ModelBundle, default_model_dir, swap_folder, readable_by_others
 
 __all__ = ["WEB_DIR", "MODEL_CARD", "ExportResult", "about_html", "export_site", "export_space", "pinned_requirements"]
 
@@ -138,7 +138,7 @@ def _write_atomically(out: Path, kind: str, fill) -> list[str]:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        writable_folder(tmp)  # a web server must be able to read the export
+        readable_by_others(tmp)  # a web server must be able to read the export
         fill(tmp)
         names = sorted(p.name for p in tmp.iterdir())
         (tmp / MARKER).write_text(kind + "\n" + "\n".join(names) + "\n")

@@ -6,7 +6,7 @@ import hashlib
 import io
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Union
 
@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = ["ImageError", "Photo", "open_image", "file_hash", "IMAGE_SUFFIXES", "MAX_PIXELS", "MIN_SIDE",
-           "as_source"]
+           "open_photo"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".png", ".webp", ".gif", ".bmp"}
 MAX_PIXELS = 120_000_000  # a declared size above this is treated as a decompression bomb (phones make 50-108 MP)
@@ -87,7 +87,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def as_source(source, name: str | None = None) -> tuple["Source | Photo", str]:
+def _as_source(source, name: str | None = None) -> tuple["Source | Photo", str]:
     """Anything a notebook user may hand over -> (a path, bytes or Photo that open_image reads, its name): a PIL
     image or an (H, W[, 3|4]) array is encoded as PNG once, so it goes through the same checks as a file."""
     if isinstance(source, Photo):
@@ -114,6 +114,12 @@ def as_source(source, name: str | None = None) -> tuple["Source | Photo", str]:
         return buf.getvalue(), name or "<image>"
     raise ImageError(name or type(source).__name__, f"cannot read a {type(source).__name__}: give a file path, "
                      "bytes, a PIL image or an array")
+
+
+def open_photo(source, name: str | None = None) -> Photo:
+    """open_image for anything predict and explain accept: a path, bytes, a Photo, a PIL image or an array."""
+    source, name = _as_source(source, name)
+    return replace(source, path=name) if isinstance(source, Photo) else open_image(source, name)
 
 
 def _bomb(declared: str) -> str:

@@ -14,7 +14,7 @@ from .features.cache import PhotoFeatures
 from .features.faces import Face
 from .features.image import BACKBONE_PATH
 from .heads import LinearHead, combine_faces, face_top_distributions, roll_up, top_of
-from .images import ImageError, Photo, as_source, open_image
+from .images import ImageError, Photo, open_image, open_photo
 
 __all__ = ["Model", "Prediction", "load"]
 
@@ -197,10 +197,10 @@ class Model:
     def predict(self, source, name: str | None = None) -> Prediction:
         """A Prediction for a file path, bytes, Photo, PIL image or (H, W, 3) array; a photo that cannot be read
         gives one with `error` set."""
-        path = name or "<photo>"
+        path = name or (str(source) if isinstance(source, (str, Path)) else "<photo>")
         try:
-            source, path = as_source(source, name)
-            photo = source if isinstance(source, Photo) else open_image(source, path)
+            photo = open_photo(source, name)
+            path = photo.path
             return self.predict_features(self.features(photo), path)
         except ImageError as e:
             return Prediction(path=e.path, label=None, confidences={}, faces=[], error=e.reason, method="none")

@@ -68,12 +68,7 @@ class FaceEmbedder:
 
     def detect(self, image: Image.Image, extra_upsample: int = 0) -> list[tuple[list[int], float]]:
         """Boxes and detector scores, largest face first."""
-        scale = 1.0
-        work = image
-        if max(image.size) > DETECT_MAX_SIDE:
-            scale = DETECT_MAX_SIDE / max(image.size)
-            work = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                                Image.BILINEAR)
+        work, scale = _shrunk(image)
         upsample = _upsample_times(max(work.size)) + extra_upsample
         rects, scores, _ = self.detector.run(np.asarray(work), upsample, DETECT_THRESHOLD)
         found = []
@@ -102,12 +97,8 @@ class FaceEmbedder:
         if found:
             vecs = self.embed_boxes(image, [b for b, _ in found])
             return [Face(box=b, score=s, vector=v) for (b, s), v in zip(found, vecs)]
-        small = image  # tilted retries work on the photo shrunk for detection: a rotated long strip of a photo
-        scale = 1.0    # would otherwise expand to gigapixels
-        if max(image.size) > DETECT_MAX_SIDE:
-            scale = DETECT_MAX_SIDE / max(image.size)
-            small = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                                 Image.BILINEAR)
+        small, scale = _shrunk(image)  # tilted retries rotate the shrunk photo: a rotated long strip of a full
+        # photo would expand to gigapixels
         for angle, extra in RETRIES:
             if extra and max(image.size) > DETECT_MAX_SIDE // 2:
                 continue
@@ -121,6 +112,15 @@ class FaceEmbedder:
                                   zip(_unrotate(b, angle, small.size, work.size), [image.width, image.height] * 2)],
                              score=s, vector=v) for (b, s), v in zip(found, vecs)]
         return []
+
+
+def _shrunk(image: Image.Image) -> tuple[Image.Image, float]:
+    """The photo at most DETECT_MAX_SIDE on its longest side (never 0 px on the other), and the scale used."""
+    if max(image.size) <= DETECT_MAX_SIDE:
+        return image, 1.0
+    scale = DETECT_MAX_SIDE / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.BILINEAR), scale
 
 
 def _unrotate(box: list[int], angle: float, size: tuple[int, int], rotated_size: tuple[int, int]) -> list[int]:
