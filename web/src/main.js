@@ -182,7 +182,7 @@ async function classify(item) {
     }
     if (!result) throw new Error("the server sent no answer");
     if (result.error) throw new Error(`${result.path}: ${result.error}`);
-    showResult(item, result);
+    await showResult(item, result);
   } catch (e) {
     fail(item, messageText(e) || String(e));
   }
@@ -236,7 +236,8 @@ function groupColor(group) {
   return PALETTE[(i >= 0 ? i : state.groups.push(group) - 1) % PALETTE.length];
 }
 
-function showResult(item, r) {
+// "done" only once the boxes are on the photo, so a reader (or a test) never sees a half-drawn card.
+async function showResult(item, r) {
   item.result = r;
   for (const k of Object.keys(r.confidences).sort()) if (!state.groups.includes(k)) state.groups.push(k); // stable colours
   const entries = Object.entries(r.confidences);
@@ -266,7 +267,7 @@ function showResult(item, r) {
   } else {
     faceList.replaceChildren(el("li", { className: "no-face", textContent: "No face found: judged from the whole photo." }));
   }
-  drawBoxes(item);
+  await drawBoxes(item);
   const names = r.faces.map((f) => f.label).join(", ");
   item.img.alt = `Photo ${item.name}: ${r.label}` + (names ? `; faces: ${names}` : "");
   item.card.querySelector(".heat-label").hidden = !state.explain;
