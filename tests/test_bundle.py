@@ -85,7 +85,15 @@ def test_resave_replaces_its_own_files_and_keeps_the_rest(bundle_copy):
     ModelBundle.load(bundle_copy).save(bundle_copy)
     assert (bundle_copy / "report.html").read_text() == "<p>the card</p>"
     assert (bundle_copy.stat().st_mode & 0o055) == 0o055  # readable by others, not mkdtemp's 0700
-    ModelBundle.load(bundle_copy)
+    b = ModelBundle.load(bundle_copy)
+    # a manifest edited by hand to claim a user's file (its checksum does not match) never gets that file replaced
+    (bundle_copy / "notes.txt").write_text("my notes")
+    m = json.loads((bundle_copy / "manifest.json").read_text())
+    m["files"]["notes.txt"] = "0" * 64
+    (bundle_copy / "manifest.json").write_text(json.dumps(m))
+    b.save(bundle_copy)
+    assert (bundle_copy / "notes.txt").read_text() == "my notes"
+    assert "notes.txt" not in ModelBundle.load(bundle_copy).manifest["files"]
 
 
 def test_train_refuses_a_non_model_out_before_any_work(small_kpop, tmp_path):

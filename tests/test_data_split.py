@@ -114,6 +114,13 @@ def test_bad_split_arguments_get_clear_errors(data, tmp_path, capsys):
     assert main(["data", "split", str(tmp_path / "nowhere"), "--out", str(tmp_path / "s.json")]) == 2
     assert "nowhere: not a folder" in capsys.readouterr().err
     assert not (tmp_path / "s.json").exists()
+    mine = tmp_path / "mine.json"  # a file of the user's is never written over; an earlier split file may be
+    mine.write_text('{"my": "settings"}\n')
+    assert main(["data", "split", str(data), "--out", str(mine)]) == 2
+    assert "mine.json: exists and is not a split file; nothing was changed" in capsys.readouterr().err
+    assert mine.read_text() == '{"my": "settings"}\n'
+    assert main(["data", "split", str(data), "--out", str(tmp_path)]) == 2
+    assert "is a folder; give the split file's name" in capsys.readouterr().err
 
 
 def test_a_tied_cluster_gets_the_same_main_label_in_any_process():

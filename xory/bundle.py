@@ -90,7 +90,12 @@ def owned_model_files(folder: Path) -> set[str]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{folder}: the folder is not empty and is not an xory model; choose a new or empty "
                           "folder for the model (nothing was changed)")
-    return {"manifest.json", *(manifest.get("files") or {})}
+    files = manifest.get("files")
+    # A file counts as the model's only when its bytes match the manifest's checksum: a hand-edited manifest that
+    # names a user's file (or a path outside the folder) never gets that file replaced.
+    return {"manifest.json", *(name for name, digest in (files.items() if isinstance(files, dict) else [])
+                               if isinstance(name, str) and Path(name).name == name and (folder / name).is_file()
+                               and file_sha256(folder / name) == digest)}
 
 
 @dataclass

@@ -14,7 +14,7 @@ import numpy as np
 from .dataset import Sample
 from .features.cache import PhotoFeatures
 
-__all__ = ["UnionFind", "duplicate_clusters", "main_label", "holdout_split", "save_split", "load_split", "FACE_DUP", "IMAGE_DUP"]
+__all__ = ["UnionFind", "duplicate_clusters", "main_label", "holdout_split", "check_split_out", "save_split", "load_split", "FACE_DUP", "IMAGE_DUP"]
 
 FACE_DUP = 0.12  # same face from the same shot (crops lie at a median 0.11 from their group photo); looser
 # thresholds chain: at 0.2 a third of kpop became one cluster, since other photos of a member often lie at 0.2
@@ -102,6 +102,19 @@ def holdout_split(samples: list[Sample], feats: list[PhotoFeatures], fraction: f
 
 
 SPLIT_FORMAT = "xory-split"
+
+
+def check_split_out(path: str | Path) -> None:
+    """Refuse to write a split over anything but an earlier split file (a user's JSON, a folder), before any work."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder; give the split file's name (e.g. {path / 'split.json'})")
+    if path.exists():
+        try:
+            load_split(path)
+        except ValueError:
+            raise ValueError(f"{path}: exists and is not a split file; nothing was changed "
+                             "(choose another --out)") from None
 
 
 def save_split(path: str | Path, train: list[str], test: list[str], seed: int, holdout: float) -> Path:

@@ -31,11 +31,12 @@ def split_folder(data: str | Path, out: str | Path, holdout: float = 0.2, seed: 
     """Hold out about `holdout` of each label (near-duplicates, crops of one photo and each negative person on
     one side) and write the split file (photos' content hashes; `xory train --split` reads it)."""
     from ..dataset import scan
-    from ..split import holdout_split, save_split
+    from ..split import check_split_out, holdout_split, save_split
     from ..train import TrainConfig, load_table
 
     if not 0 < holdout < 1:
         raise ValueError(f"--holdout must be between 0 and 1 (got {holdout})")
+    check_split_out(out)
     ds = scan(data, negatives)
     table = load_table(TrainConfig(data=str(data), out="", negatives=str(negatives) if negatives else None,
                                    progress=progress), ds, log)
