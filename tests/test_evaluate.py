@@ -27,6 +27,24 @@ def test_level_metrics_equal_hand_computed_values():
     assert level_metrics(["a"], ["z"], ["a"])["classes"] == ["a", "z"]
 
 
+def test_members_are_assigned_jointly_by_hand():
+    """Two faces both most like a/x: the surer one keeps x, the other gets its next member of group a (y), not a
+    member of group b; an unknown face and a 'neither' face take no member; a face alone in its group keeps its best."""
+    from xory.heads import assign_members
+
+    classes = ["a/x", "a/y", "b/z", "neither"]
+    p = np.array([[0.60, 0.30, 0.05, 0.05],   # a/x
+                  [0.90, 0.05, 0.03, 0.02],   # a/x, surer: keeps it
+                  [0.50, 0.10, 0.30, 0.10],   # a/x but unknown: keeps its best leaf, takes nothing
+                  [0.10, 0.10, 0.20, 0.60],   # neither
+                  [0.10, 0.20, 0.60, 0.10]])  # b/z, alone in b
+    unknown = np.array([False, False, True, False, False])
+    assert [classes[j] for j in assign_members(p, classes, unknown)] == ["a/y", "a/x", "a/x", "neither", "b/z"]
+    # more faces of a group than members: the extra face keeps its best member
+    three = np.array([[0.7, 0.3, 0, 0], [0.8, 0.2, 0, 0], [0.6, 0.4, 0, 0]])
+    assert sorted(classes[j] for j in assign_members(three, classes)) == ["a/x", "a/x", "a/y"]
+
+
 def test_head_scores_equal_hand_computed_values():
     proba = np.array([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.5, 0.4, 0.1], [0.3, 0.3, 0.4]])
     s = head_scores(proba, ["x", "y", "z"], ["x", "y", "y", "w"])  # w: a class the head never saw

@@ -2,7 +2,9 @@
 
 Classes are label paths ("bts/jimin", "neither"); a top-level class's probability is the sum of its leaves'.
 Several faces: the photo's distribution is the mean of the faces' top-level distributions, each face weighted
-by its width in pixels (the face a photo is about is usually the largest; a face in the crowd counts less)."""
+by its width in pixels (the face a photo is about is usually the largest; a face in the crowd counts less).
+Naming faces: one photo shows each member at most once, so the members of a group are given to that group's
+faces jointly (the assignment with the highest summed log-probability), never twice to two faces."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,7 +13,8 @@ import numpy as np
 
 from .dataset import NEITHER
 
-__all__ = ["LinearHead", "top_of", "roll_up", "face_top_distributions", "face_weights", "combine_faces", "softmax"]
+__all__ = ["LinearHead", "top_of", "roll_up", "face_top_distributions", "face_weights", "combine_faces", "assign_members",
+           "softmax"]
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -121,3 +124,25 @@ def face_weights(widths: list[int]) -> np.ndarray:
 def combine_faces(face_top: np.ndarray, widths: list[int]) -> np.ndarray:
     """(faces, top) -> (top,): the width-weighted mean of the faces' distributions (see the module docstring)."""
     return face_weights(widths) @ face_top
+
+
+def assign_members(leaf_p: np.ndarray, classes: list[str], unknown: np.ndarray | None = None) -> np.ndarray:
+    """(faces, leaves) -> each face's class index. A face keeps its group (its most likely leaf's); within a
+    group, members go to faces by the assignment that maximises the summed log-probability, so two faces in one
+    photo are never the same member. A group with more faces than members names the rest by their best leaf.
+    Faces marked `unknown` (answered "neither" by the unknown-face rule) keep their best leaf and take no member."""
+    from scipy.optimize import linear_sum_assignment
+
+    leaf_p = np.atleast_2d(leaf_p)
+    best = leaf_p.argmax(axis=1)
+    out = best.copy()
+    named = [i for i in range(len(best)) if classes[best[i]] != NEITHER and not (unknown is not None and unknown[i])]
+    for group in sorted({top_of(classes[best[i]]) for i in named}):
+        rows = [i for i in named if top_of(classes[best[i]]) == group]
+        cols = [j for j, c in enumerate(classes) if c != NEITHER and top_of(c) == group]
+        if len(rows) < 2:
+            continue
+        cost = -np.log(np.clip(leaf_p[np.ix_(rows, cols)], 1e-12, None))
+        for r, c in zip(*linear_sum_assignment(cost)):
+            out[rows[r]] = cols[c]
+    return out

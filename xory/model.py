@@ -13,7 +13,7 @@ from .dataset import NEITHER
 from .features.cache import PhotoFeatures
 from .features.faces import Face
 from .features.image import BACKBONE_PATH
-from .heads import LinearHead, combine_faces, face_top_distributions, roll_up, top_of
+from .heads import LinearHead, assign_members, combine_faces, face_top_distributions, roll_up, top_of
 from .images import ImageError, Photo, open_image, open_photo
 
 __all__ = ["Model", "Prediction", "load"]
@@ -174,11 +174,13 @@ class Model:
         faces = feats.faces() if self.face_head is not None else []
         if faces:
             leaf_p, face_top = self.face_distributions(np.stack([f.vector for f in faces]))
+            n = self.top.index(NEITHER) if NEITHER in self.top else -1
+            unknown = face_top[:, n] > 0.5 if n >= 0 else np.zeros(len(faces), bool)  # see face_top_distributions
+            chosen = assign_members(leaf_p, self.face_head.classes, unknown)
             for i, f in enumerate(faces):
-                j = int(np.argmax(leaf_p[i]))
+                j = int(chosen[i])
                 leaf = self.face_head.classes[j]
-                n = self.top.index(NEITHER) if NEITHER in self.top else -1
-                if leaf != NEITHER and n >= 0 and face_top[i, n] > 0.5:  # unknown (see face_top_distributions)
+                if leaf != NEITHER and unknown[i]:
                     faces[i] = replace(f, label=NEITHER, group=NEITHER, confidence=float(face_top[i, n]))
                 else:
                     faces[i] = replace(f, label=leaf.rsplit("/", 1)[-1], group=top_of(leaf),
