@@ -16,6 +16,7 @@ DATA = ROOT.parent / "shared" / "data"
 KPOP = DATA / "kpop"
 OTHERS = DATA / "kpop-others"
 BEARS = DATA / "bears"
+PETS = DATA / "pets"
 
 if not KPOP.is_dir():
     raise RuntimeError(f"the tests read real photos from {DATA}; it is missing")

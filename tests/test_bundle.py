@@ -163,6 +163,9 @@ def test_arrays_of_the_wrong_shape_or_a_pickle_are_refused(bundle_copy):
     rewrite(face_W=np.full((20, 128), np.nan, np.float32))
     with pytest.raises(BundleError, match="face_W must be"):
         xory.load(bundle_copy)
+    rewrite(face_W=np.zeros((20, 128), np.float32), image_ref=np.zeros((5, 64), np.float16))
+    with pytest.raises(BundleError, match=r"heads.npz: image_ref must be \(n, 1280\) finite numbers"):
+        xory.load(bundle_copy)
     rewrite(face_W=np.array([{"x": 1}] * 20, dtype=object))
     with pytest.raises(BundleError, match="heads.npz: not plain arrays"):
         xory.load(bundle_copy)

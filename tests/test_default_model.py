@@ -6,7 +6,7 @@ import hashlib
 import pytest
 
 import xory
-from conftest import KPOP, ROOT
+from conftest import BEARS, KPOP, PETS, ROOT
 from xory.split import load_split
 
 HELD_OUT = load_split(ROOT / "models" / "bts-exo" / "split.json")["test"]
@@ -64,6 +64,22 @@ def test_one_photo_never_names_two_faces_the_same_member(default_model):
     p = default_model.predict(path)
     names = [f.label for f in p.faces if f.group == "bts"]
     assert p.label == "bts" and len(names) >= 5 and len(set(names)) == len(names), names
+
+
+@pytest.mark.parametrize("path", [BEARS / "grizzly" / "BachNgoH__00000000.jpg", PETS / "cats" / "BachNgoH__cat.4001.jpg"])
+def test_a_photo_unlike_any_training_photo_is_neither(default_model, path):
+    """No face, and the whole photo is far from every training photo (the whole-image head said bts or exo)."""
+    p = default_model.predict(path)
+    assert p.faces == [] and p.method == "unfamiliar" and p.similarity < 0.5
+    assert p.label == "neither" and p.confidences["neither"] == pytest.approx(1 - p.similarity, abs=0.05)
+    assert "unlike every training photo" in str(p)
+
+
+def test_a_held_out_bts_photo_without_a_face_is_still_judged_from_the_whole_photo(default_model):
+    path = KPOP / "bts" / "suga" / "irenechang1510__train_BTS_Members_Would_Do_If_They_Fell_In____5.jpg"
+    assert sha(path) in HELD_OUT
+    p = default_model.predict(path)
+    assert p.faces == [] and p.method == "image" and p.similarity > 0.8 and p.label == "bts"
 
 
 def test_python_api_shapes(default_model):

@@ -79,8 +79,7 @@ def build_app(model: Model, examples: list[str] | None = None, page_link: str | 
     def show(img: str | None):
         p = run(img)
         boxes = [((*f.box,), f"{f.label} {f.confidence:.0%}") for f in p.faces]
-        note = (f"{len(p.faces)} face(s) found; the answer combines them." if p.faces
-                else "No face found: the answer comes from the whole photo.")
+        note = p.how[0].upper() + p.how[1:] + "."
         return p.confidences, (img, boxes), note, p.to_json()
 
     def why(img: str | None):

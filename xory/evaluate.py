@@ -132,7 +132,7 @@ def evaluate_split(model: Model, samples: list[Sample], feats: list[PhotoFeature
     if neg:
         out["neither_share"] = float(np.mean([r.prediction.label == NEITHER for r in neg]))
         out["negatives"] = len(neg)
-    out["no_face_share"] = float(np.mean([r.prediction.method == "image" for r in scored])) if scored else 0.0
+    out["no_face_share"] = float(np.mean([r.prediction.method != "faces" for r in scored])) if scored else 0.0
     out["levels"] = levels
     out["top_losses"] = [_loss_json(r) for r in sorted((r for r in scored if r.wrong), key=lambda r: -r.loss)[:top_n]]
     out["wrong_photos"] = sum(r.wrong for r in scored)

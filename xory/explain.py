@@ -62,7 +62,7 @@ class Explanation:
 
     def to_json(self, heatmap: bool = False) -> dict:
         p = self.prediction
-        out = {**p.to_json(), "method": p.method,
+        out = {**p.to_json(), "method": p.method, "similarity": p.similarity,
                "faces": [f.to_json() for f in self.faces], "cam_class": self.cam_class}
         if heatmap and self.image is not None:
             from .draw import data_url
@@ -105,8 +105,8 @@ class Explanation:
                 lines.append(f"  #{i} {f.face.label} ({f.face.group}) {f.face.confidence:.0%}, box {f.face.box}, "
                              f"weight {f.weight:.2f}, adds {f.contributions.get(p.label, 0):.3f}{part}")
         else:
-            lines.append(f"  no face: the whole photo decided; the heat map shows where the evidence for "
-                         f"'{self.cam_class}' lies (class activation map)")
+            lines.append(f"  {p.how}; the heat map shows where the evidence for '{self.cam_class}' lies "
+                         "(class activation map)")
         return "\n".join(lines)
 
 
@@ -211,7 +211,7 @@ def render(photo: Photo, ex: Explanation, side: int = 640) -> Image.Image:
         body = Image.new("RGB", (small.width * 2 + 30, small.height + 30), "white")
         body.paste(small, (10, 10))
         body.paste(heat, (small.width + 20, 10))
-        note = (f"No face found: the whole photo decided. Right: where the evidence for '{ex.cam_class}' lies "
+        note = (f"{p.how[0].upper() + p.how[1:]}. Right: where the evidence for '{ex.cam_class}' lies "
                 "(class activation map; yellow = most).")
         out = Image.new("RGB", (body.width, body.height + 58), "white")
         out.paste(_header(p, note, body.width), (0, 0))

@@ -28,7 +28,19 @@ class Prediction:
     confidences: dict[str, float]
     faces: list[Face] = field(default_factory=list)
     error: str | None = None
-    method: str = "faces"  # which head answered: "faces" or "image" (no face found, or an image-only model)
+    method: str = "faces"  # "faces", "image" (no face found, or an image-only model) or "unfamiliar" (no face,
+    # and the photo is unlike every training photo: "neither")
+    similarity: float | None = None  # no face: cosine of its image vector to the nearest training photo's
+
+    @property
+    def how(self) -> str:
+        """One line on which part of the model answered (the CLI, the app and the explanation say it alike)."""
+        if self.method == "faces":
+            return f"{len(self.faces)} face(s) found; the answer combines them"
+        if self.method == "unfamiliar":
+            return (f"no face found, and the photo is unlike every training photo (similarity {self.similarity:.2f}):"
+                    " neither")
+        return "no face found: the answer comes from the whole photo"
 
     def to_json(self) -> dict:
         return {
@@ -82,7 +94,7 @@ class Prediction:
             return f"{self.path}: error: {self.error}"
         best = ", ".join(f"{k} {v:.0%}" for k, v in list(self.confidences.items())[:3])
         faces = "; ".join(f"{f.label} ({f.confidence:.0%})" for f in self.faces)
-        how = f"{len(self.faces)} face(s): {faces}" if self.faces else "no face found: whole-image answer"
+        how = f"{len(self.faces)} face(s): {faces}" if self.faces else self.how
         return f"{self.path}: {self.label}  [{best}]  {how}"
 
 
@@ -136,6 +148,15 @@ class Model:
         self.image_head = (LinearHead.from_arrays("image", heads["image"]["classes"], bundle.arrays)
                            if heads.get("image") else None)
         self.unknown_below = float((heads.get("face") or {}).get("unknown_below", 0.0))
+        ref = bundle.arrays.get("image_ref")
+        self.familiar_at = float(heads["image"].get("familiar_at", 0.0))
+        if self.familiar_at > 0:
+            if ref is None or ref.ndim != 2 or ref.shape[1] != 1280 or not len(ref) or not np.isfinite(ref).all():
+                raise BundleError(f"{bundle.folder}: heads.npz: image_ref must be (n, 1280) finite numbers "
+                                  f"(found {None if ref is None else ref.shape})")
+            if NEITHER not in self.top:
+                raise BundleError(f"{where}: heads.image.familiar_at needs a {NEITHER!r} class")
+        self.image_ref = ref.astype(np.float32) if self.familiar_at > 0 else None
         backbone = m["features"]["image"]
         self.backbone_path = (bundle.folder / backbone["file"]) if backbone.get("file") else BACKBONE_PATH
         self._extractor = None
@@ -172,6 +193,7 @@ class Model:
     def predict_features(self, feats: PhotoFeatures, path: str = "") -> Prediction:
         """The answer for already-extracted features (used by predict, training metrics and evaluation)."""
         faces = feats.faces() if self.face_head is not None else []
+        similarity = None
         if faces:
             leaf_p, face_top = self.face_distributions(np.stack([f.vector for f in faces]))
             n = self.top.index(NEITHER) if NEITHER in self.top else -1
@@ -191,10 +213,17 @@ class Model:
             leaf_p = self.image_head.proba(feats.image_vector[None])
             dist = roll_up(leaf_p, self.image_head.classes, self.top)[0]
             method = "image"
+            if self.image_ref is not None:
+                v = feats.image_vector / max(float(np.linalg.norm(feats.image_vector)), 1e-12)
+                similarity = float(np.clip((self.image_ref @ v).max(), 0.0, 1.0))
+                if similarity < self.familiar_at:  # a bear, a cat, a chart: the head never saw its like
+                    dist = similarity * dist  # the head keeps a share as large as the photo is familiar
+                    dist[self.top.index(NEITHER)] += 1.0 - similarity
+                    method = "unfamiliar"
         order = np.argsort(-dist, kind="stable")
         confidences = {self.top[i]: float(dist[i]) for i in order}
         return Prediction(path=path, label=self.top[int(order[0])], confidences=confidences, faces=faces,
-                          method=method)
+                          method=method, similarity=similarity)
 
     def predict(self, source, name: str | None = None) -> Prediction:
         """A Prediction for a file path, bytes, Photo, PIL image or (H, W, 3) array; a photo that cannot be read

@@ -110,6 +110,9 @@ def _intended_use(model: Model) -> str:
             "Faces are found by dlib's HOG detector: faces smaller than about 20 px, in profile, masked or "
             "heavily tilted are missed, and the photo is then judged as a whole (much less accurate).",
             "Thin members (fewer than %d training photos, listed below) are named less reliably." % THIN,
+            *(["A photo without a face that is unlike every training photo (cosine below %.2f to the nearest, "
+               "e.g. an animal) is answered 'neither'; a 'face' that dlib finds on an animal is still trusted."
+               % model.familiar_at] if model.familiar_at > 0 else []),
             "The numbers below come from held-out photos of the same sources as the training photos; photos unlike "
             "them (other lighting, styling, years, cameras) may score lower.",
             "The face descriptor (dlib's 128-d ResNet) was not trained for these people; how well it separates "

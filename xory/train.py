@@ -26,13 +26,19 @@ from .heads import LinearHead
 from .model import Model
 from .split import holdout_split, load_split, save_split
 
-__all__ = ["TrainConfig", "train", "evaluate_split", "load_table", "fit_bundle", "check_config", "FACE_C", "IMAGE_C", "SPLIT_FILE"]
+__all__ = ["TrainConfig", "train", "evaluate_split", "load_table", "fit_bundle", "check_config", "FACE_C", "IMAGE_C", "SPLIT_FILE",
+           "FAMILIAR_AT"]
 
 FACE_C = 30.0  # face descriptors are unit-length and well separated: a weakly regularised head (C swept on 3 splits)
 IMAGE_C = 0.05  # 1280 standardised CNN features: strongly regularised
 # With negatives: a face whose best member is below this is "neither". Held-out (seed 0): "neither" for unseen
 # people 0.16 -> 0.58, BTS/EXO photos answered "neither" 1% -> 3%; the table is in the README.
 UNKNOWN_BELOW = 0.25
+# With negatives: a photo without a face is "neither" when its whole-image vector is unlike every training photo's
+# (cosine to the nearest below this). Held-out (seed 0): 0 of 22 BTS/EXO photos without a face fall below it; of the
+# bears and pets (never seen in training), 98 % and 97 % do: they were a confident "bts" or "exo" before.
+FAMILIAR_AT = 0.5
+REFERENCE_MAX = 4000  # reference vectors kept in the bundle (float16: 2.5 kB each); a seeded sample beyond this
 FACES_MODE_MIN_SHARE = 0.5
 SPLIT_FILE = "split.json"
 
@@ -97,6 +103,13 @@ def _image_rows(samples, feats, mode: str) -> tuple[np.ndarray, list[str]]:
     return np.asarray(X, np.float32), y
 
 
+def reference_vectors(X: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Unit-length float16 copies of the training photos' image vectors (at most REFERENCE_MAX, a seeded sample)."""
+    if len(X) > REFERENCE_MAX:
+        X = X[np.sort(np.random.default_rng(seed).choice(len(X), REFERENCE_MAX, replace=False))]
+    return (X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)).astype(np.float16)
+
+
 def head_recipes(cfg: TrainConfig, mode: str) -> dict[str, HeadRecipe]:
     """The heads fit_bundle fits, as (rows, C, standardize): cross-validation refits them exactly."""
     recipes: dict[str, HeadRecipe] = {}
@@ -124,6 +137,12 @@ def fit_bundle(samples: list[Sample], feats: list[PhotoFeatures], cfg: TrainConf
     arrays.update(image.to_arrays("image"))
     heads["image"] = {"classes": image.classes, "input": "efficientnet_lite0_1280", "C": cfg.image_C, "rows": len(y)}
     log(f"image head: {len(y)} photos, {len(image.classes)} classes")
+    if mode == "faces" and NEITHER in top:
+        ref = reference_vectors(np.stack([f.image_vector for f in feats]), cfg.seed)
+        arrays["image_ref"] = ref
+        heads["image"]["familiar_at"] = FAMILIAR_AT
+        log(f"familiar photos: {len(ref)} reference vectors; a photo without a face below cosine {FAMILIAR_AT} "
+            "to all of them is 'neither'")
     tree: dict[str, list[str]] = {t: [] for t in top}
     for s in samples:
         if len(s.label) > 1:
@@ -139,7 +158,8 @@ def fit_bundle(samples: list[Sample], feats: list[PhotoFeatures], cfg: TrainConf
         },
         "heads": heads,
         "aggregation": "faces: width-weighted mean of the faces' top-level distributions (a top-level class is "
-                       "the sum of its members); no face: the whole-image head",
+                       "the sum of its members); no face: the whole-image head, or 'neither' for a photo unlike every "
+                       "training photo (heads.image.familiar_at)",
     }
     return ModelBundle(manifest=manifest, arrays=arrays)
 
