@@ -121,6 +121,34 @@ def test_bad_split_arguments_get_clear_errors(data, tmp_path, capsys):
     assert mine.read_text() == '{"my": "settings"}\n'
     assert main(["data", "split", str(data), "--out", str(tmp_path)]) == 2
     assert "is a folder; give the split file's name" in capsys.readouterr().err
+    (tmp_path / "bare.json").write_text('{"format": "xory-split"}')  # the format key alone is not a split file
+    assert main(["data", "split", str(data), "--out", str(tmp_path / "bare.json")]) == 2
+    assert "bare.json: exists and is not a split file" in capsys.readouterr().err
+    os.mkfifo(tmp_path / "pipe")  # never opened (reading it would hang)
+    assert main(["data", "split", str(data), "--out", str(tmp_path / "pipe")]) == 2
+    assert "pipe: exists and is not a regular file" in capsys.readouterr().err
+
+
+def test_a_models_own_split_file_is_never_overwritten(data, tmp_path, capsys):
+    """The split a model was trained on is in its manifest's checksums: a new split there would break the model;
+    a user's own split file in a model folder is never replaced by a retrain either."""
+    from xory.train import TrainConfig, train
+
+    folder, _ = train(TrainConfig(data=str(data), out=str(tmp_path / "m"), holdout=0.3, folds=0, progress=False),
+                      log=lambda s: None)
+    before = (folder / "split.json").read_bytes()
+    assert main(["data", "split", str(data), "--seed", "5", "--out", str(folder / "split.json")]) == 2
+    assert "is the split a model was trained on" in capsys.readouterr().err
+    assert (folder / "split.json").read_bytes() == before
+
+    mine = tmp_path / "m2"
+    train(TrainConfig(data=str(data), out=str(mine), folds=0, progress=False), log=lambda s: None)  # no split.json
+    assert main(["data", "split", str(data), "--seed", "7", "--out", str(mine / "split.json")]) == 0
+    capsys.readouterr()
+    users = (mine / "split.json").read_bytes()
+    assert main(["train", str(data), "--holdout", "0.2", "--out", str(mine), "--quiet"]) == 2
+    assert "split.json: is not the model's" in capsys.readouterr().err
+    assert (mine / "split.json").read_bytes() == users
 
 
 def test_a_tied_cluster_gets_the_same_main_label_in_any_process():

@@ -43,6 +43,9 @@ def test_members_are_assigned_jointly_by_hand():
     # more faces of a group than members: the extra face keeps its best member
     three = np.array([[0.7, 0.3, 0, 0], [0.8, 0.2, 0, 0], [0.6, 0.4, 0, 0]])
     assert sorted(classes[j] for j in assign_members(three, classes)) == ["a/x", "a/x", "a/y"]
+    # one person twice (a collage): the other member is too unlikely (below RENAME_MIN), so both stay a/x
+    twice = np.array([[0.95, 0.03, 0.01, 0.01], [0.90, 0.05, 0.03, 0.02]])
+    assert [classes[j] for j in assign_members(twice, classes)] == ["a/x", "a/x"]
 
 
 def test_head_scores_equal_hand_computed_values():

@@ -56,6 +56,7 @@ def test_bears_train_image_mode_automatically(tmp_path):
     assert metrics["photos"] >= 45 and metrics["top_error"] <= 0.12
     p = xory.load(folder).predict(photos(BEARS / "teddy")[5])
     assert p.label == "teddy" and p.method == "image" and p.faces == []
+    assert "the answer comes from the whole photo (an image-only model)" in str(p)
 
 
 def test_predict_json_lines_and_exit_status(small_model, tmp_path):

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -73,9 +74,20 @@ def readable_by_others(tmp: Path) -> None:
     tmp.chmod(0o777 & ~umask)
 
 
-def owned_model_files(folder: Path) -> set[str]:
+def owned_model_files(folder: Path, writes: Iterable[str] = ()) -> set[str]:
     """The names an xory model at `folder` owns (empty for a new or empty folder); BundleError when `folder`
-    holds something else, so that `--out` pointed at photos or a file never deletes them."""
+    holds something else, so that `--out` pointed at photos or a file never deletes them, or when a name in
+    `writes` (what a save will put there) is taken by an entry that is not the model's."""
+    owned = _owned(folder)
+    for name in writes:
+        entry = folder / name
+        if name not in owned and (entry.exists() or entry.is_symlink()):
+            raise BundleError(f"{entry}: is not the model's (manifest.json holds no checksum for it) and a save "
+                              "would replace it; move it away or choose another folder (nothing was changed)")
+    return owned
+
+
+def _owned(folder: Path) -> set[str]:
     if not folder.exists():
         return set()
     if not folder.is_dir():
@@ -111,7 +123,7 @@ class ModelBundle:
         """Write the bundle to `folder` atomically. An existing `folder` must be empty or an xory model: its own
         files are replaced, anything else in it (a report.html) is kept; any other path is refused untouched."""
         folder = Path(folder).resolve()
-        owned = owned_model_files(folder)
+        owned = owned_model_files(folder, ["manifest.json", ARRAYS_FILE, *self.extra_files])
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:

@@ -105,8 +105,9 @@ class Explanation:
                 lines.append(f"  #{i} {f.face.label} ({f.face.group}) {f.face.confidence:.0%}, box {f.face.box}, "
                              f"weight {f.weight:.2f}, adds {f.contributions.get(p.label, 0):.3f}{part}")
         else:
-            lines.append(f"  {p.how}; the heat map shows where the evidence for '{self.cam_class}' lies "
-                         "(class activation map)")
+            where = (f"where the whole-image head, which alone would answer '{self.cam_class}', found its evidence"
+                     if p.method == "unfamiliar" else f"where the evidence for '{self.cam_class}' lies")
+            lines.append(f"  {p.how}; the heat map shows {where} (class activation map)")
         return "\n".join(lines)
 
 
@@ -173,10 +174,12 @@ def explain(model: Model, source, name: str | None = None, grid: int = 7,
         for fx in sorted(faces, key=lambda fx: -fx.weight)[:max_faces]:
             with model._lock:
                 fx.chip, fx.importance, fx.base_probability = face_occlusion(model, photo, fx.face, grid)
-    else:  # the CAM of the answer's most likely leaf (bears: the class itself)
+    else:  # the CAM of the answer's most likely leaf (bears: the class itself); for a photo unlike every training
+        # photo, of the class the head alone would have answered (the answer came from the similarity, not the head)
         head = model.image_head
         leaf_p = head.proba(feats.image_vector)[0]
-        leaf = max((c for c in head.classes if top_of(c) == pred.label), key=lambda c: leaf_p[head.classes.index(c)])
+        wanted = [c for c in head.classes if pred.method == "unfamiliar" or top_of(c) == pred.label]
+        leaf = max(wanted, key=lambda c: leaf_p[head.classes.index(c)])
         with model._lock:
             cam, cam_class = class_activation_map(model, photo, leaf)
     ex = Explanation(pred, faces, cam, cam_class)
@@ -211,8 +214,9 @@ def render(photo: Photo, ex: Explanation, side: int = 640) -> Image.Image:
         body = Image.new("RGB", (small.width * 2 + 30, small.height + 30), "white")
         body.paste(small, (10, 10))
         body.paste(heat, (small.width + 20, 10))
-        note = (f"{p.how[0].upper() + p.how[1:]}. Right: where the evidence for '{ex.cam_class}' lies "
-                "(class activation map; yellow = most).")
+        where = (f"where the whole-image head, which alone would answer '{ex.cam_class}', found its evidence"
+                 if p.method == "unfamiliar" else f"where the evidence for '{ex.cam_class}' lies")
+        note = f"{p.how[0].upper() + p.how[1:]}. Right: {where} (class activation map; yellow = most)."
         out = Image.new("RGB", (body.width, body.height + 58), "white")
         out.paste(_header(p, note, body.width), (0, 0))
         out.paste(body, (0, 58))

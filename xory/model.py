@@ -31,6 +31,7 @@ class Prediction:
     method: str = "faces"  # "faces", "image" (no face found, or an image-only model) or "unfamiliar" (no face,
     # and the photo is unlike every training photo: "neither")
     similarity: float | None = None  # no face: cosine of its image vector to the nearest training photo's
+    faces_searched: bool = True  # False for an image-only model (bears), which never looks for faces
 
     @property
     def how(self) -> str:
@@ -40,6 +41,8 @@ class Prediction:
         if self.method == "unfamiliar":
             return (f"no face found, and the photo is unlike every training photo (similarity {self.similarity:.2f}):"
                     " neither")
+        if not self.faces_searched:
+            return "the answer comes from the whole photo (an image-only model)"
         return "no face found: the answer comes from the whole photo"
 
     def to_json(self) -> dict:
@@ -223,7 +226,7 @@ class Model:
         order = np.argsort(-dist, kind="stable")
         confidences = {self.top[i]: float(dist[i]) for i in order}
         return Prediction(path=path, label=self.top[int(order[0])], confidences=confidences, faces=faces,
-                          method=method, similarity=similarity)
+                          method=method, similarity=similarity, faces_searched=self.face_head is not None)
 
     def predict(self, source, name: str | None = None) -> Prediction:
         """A Prediction for a file path, bytes, Photo, PIL image or (H, W, 3) array; a photo that cannot be read

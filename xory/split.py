@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .bundle import FORMAT as BUNDLE_FORMAT
 from .dataset import Sample
 from .features.cache import PhotoFeatures
 
@@ -109,12 +110,23 @@ def check_split_out(path: str | Path) -> None:
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path}: is a folder; give the split file's name (e.g. {path / 'split.json'})")
-    if path.exists():
-        try:
-            load_split(path)
-        except ValueError:
-            raise ValueError(f"{path}: exists and is not a split file; nothing was changed "
-                             "(choose another --out)") from None
+    if not path.exists():
+        return
+    if not path.is_file():  # a FIFO or a device: never opened
+        raise ValueError(f"{path}: exists and is not a regular file; nothing was changed (choose another --out)")
+    try:
+        load_split(path)
+    except ValueError:
+        raise ValueError(f"{path}: exists and is not a split file; nothing was changed "
+                         "(choose another --out)") from None
+    try:
+        manifest = json.loads((path.parent / "manifest.json").read_text())
+        in_model = path.name in manifest.get("files", {}) and manifest.get("format") == BUNDLE_FORMAT
+    except (OSError, ValueError, AttributeError, TypeError):
+        in_model = False
+    if in_model:
+        raise ValueError(f"{path}: is the split a model was trained on (its manifest.json holds its checksum); "
+                         "nothing was changed (choose another --out)")
 
 
 def save_split(path: str | Path, train: list[str], test: list[str], seed: int, holdout: float) -> Path:
@@ -140,6 +152,9 @@ def load_split(path: str | Path) -> dict:
         raise ValueError(f"{path}: not a split file (invalid JSON: {e})") from None
     if not isinstance(doc, dict) or doc.get("format") != SPLIT_FORMAT:
         raise ValueError(f"{path}: not a split file (expected \"format\": \"{SPLIT_FORMAT}\")")
+    for side in ("train", "test"):
+        if not isinstance(doc.get(side), list) or not all(isinstance(h, str) for h in doc[side]):
+            raise ValueError(f"{path}: not a split file (\"{side}\" must list the photos' sha256)")
     return {"train": set(doc.get("train", [])), "test": set(doc.get("test", [])), "seed": doc.get("seed"),
             "holdout": doc.get("holdout")}
 

@@ -192,7 +192,8 @@ def check_config(cfg: TrainConfig) -> set[str] | None:
                          "including) 1, e.g. 0.2")
     if cfg.split and cfg.holdout:
         raise ValueError("give --split or --holdout, not both (a split file already says which photos are held out)")
-    owned_model_files(Path(cfg.out).resolve())  # --out pointed at photos or a file: refused now, not after minutes
+    # --out pointed at photos, a file, or a model folder holding a user's split.json: refused now, not after minutes
+    owned_model_files(Path(cfg.out).resolve(), ["heads.npz", *([SPLIT_FILE] if cfg.split or cfg.holdout else [])])
     return load_split(cfg.split)["test"] if cfg.split else None
 
 
