@@ -96,6 +96,19 @@ def test_resave_replaces_its_own_files_and_keeps_the_rest(bundle_copy):
     assert "notes.txt" not in ModelBundle.load(bundle_copy).manifest["files"]
 
 
+def test_a_damaged_model_file_is_named_and_kept_and_extra_names_must_be_plain(bundle_copy, tmp_path):
+    b = ModelBundle.load(bundle_copy)
+    with open(bundle_copy / "heads.npz", "ab") as f:
+        f.write(b"x")
+    with pytest.raises(BundleError, match="heads.npz: does not match its checksum in manifest.json"):
+        b.save(bundle_copy)
+    for name in ["../escaped.txt", "sub/x.txt", "manifest.json", "heads.npz", "", ".."]:
+        bad = ModelBundle(manifest=b.manifest, arrays=b.arrays, extra_files={name: bundle_copy / "manifest.json"})
+        with pytest.raises(BundleError, match="give a plain file name"):
+            bad.save(tmp_path / "new")
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "new").exists()
+
+
 def test_train_refuses_a_non_model_out_before_any_work(small_kpop, tmp_path):
     from xory.cli import main
 

@@ -127,6 +127,17 @@ def test_bad_split_arguments_get_clear_errors(data, tmp_path, capsys):
     os.mkfifo(tmp_path / "pipe")  # never opened (reading it would hang)
     assert main(["data", "split", str(data), "--out", str(tmp_path / "pipe")]) == 2
     assert "pipe: exists and is not a regular file" in capsys.readouterr().err
+    for bad, message in [(tmp_path / "pipe", "not a split file (a special file"),
+                         (tmp_path, "not a split file (a folder"),
+                         (tmp_path / "deep.json", "not a split file (nested too deeply)")]:
+        if bad.name == "deep.json":
+            bad.write_text("[" * 100_000 + "]" * 100_000)
+        assert main(["train", str(data), "--split", str(bad), "--out", str(tmp_path / "m"), "--quiet"]) == 2
+        assert message in capsys.readouterr().err
+    (tmp_path / ".s.json.tmp").write_text("precious")  # a user's file named like a temp file is never touched
+    assert main(["data", "split", str(data), "--out", str(tmp_path / "s.json"), "--quiet"]) == 0
+    assert (tmp_path / ".s.json.tmp").read_text() == "precious" and load_split(tmp_path / "s.json")["test"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".s.json.") and p.name != ".s.json.tmp"]
 
 
 def test_a_models_own_split_file_is_never_overwritten(data, tmp_path, capsys):

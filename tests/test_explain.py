@@ -170,3 +170,14 @@ def test_app_explain_endpoint(small_model, small_kpop):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_the_note_on_a_narrow_picture_wraps_and_is_never_cut():
+    from xory.explain import _header
+    from xory.model import Prediction
+
+    p = Prediction(path="x", label="neither", confidences={"neither": 0.6, "bts": 0.4}, method="unfamiliar",
+                   similarity=0.4)
+    note = "No face found, and the photo is unlike every training photo (similarity 0.40): neither. " * 3
+    wide, narrow = _header(p, note, 2400), _header(p, note, 420)
+    assert wide.height == 40 + 18 and narrow.height >= 40 + 18 * 4 and narrow.width == 420  # one line; four or more

@@ -68,46 +68,52 @@ def swap_folder(new: Path, dest: Path, owned: set[str] | None = None) -> None:
 
 
 def readable_by_others(tmp: Path) -> None:
-    """mkdtemp makes a private (0700) folder; a model or an export is for others to read too."""
+    """mkdtemp/mkstemp make a private (0700/0600) folder or file; a model, an export or a split file is for others
+    to read too (the usual mode under the umask)."""
     umask = os.umask(0)
     os.umask(umask)
-    tmp.chmod(0o777 & ~umask)
+    tmp.chmod((0o777 if tmp.is_dir() else 0o666) & ~umask)
 
 
 def owned_model_files(folder: Path, writes: Iterable[str] = ()) -> set[str]:
     """The names an xory model at `folder` owns (empty for a new or empty folder); BundleError when `folder`
     holds something else, so that `--out` pointed at photos or a file never deletes them, or when a name in
     `writes` (what a save will put there) is taken by an entry that is not the model's."""
-    owned = _owned(folder)
+    owned, listed = _owned(folder)
     for name in writes:
         entry = folder / name
         if name not in owned and (entry.exists() or entry.is_symlink()):
-            raise BundleError(f"{entry}: is not the model's (manifest.json holds no checksum for it) and a save "
-                              "would replace it; move it away or choose another folder (nothing was changed)")
+            why = ("does not match its checksum in manifest.json (changed or damaged since the model was saved)"
+                   if name in listed else "is not the model's (manifest.json holds no checksum for it)")
+            raise BundleError(f"{entry}: {why}, and a save would replace it; move it away or choose another folder "
+                              "(nothing was changed)")
     return owned
 
 
-def _owned(folder: Path) -> set[str]:
+def _owned(folder: Path) -> tuple[set[str], set[str]]:
+    """(the names whose bytes match the manifest's checksums, every name the manifest lists)."""
     if not folder.exists():
-        return set()
+        return set(), set()
     if not folder.is_dir():
         raise BundleError(f"{folder}: exists and is not a folder; choose a new folder for the model (nothing was "
                           "changed)")
     if not any(folder.iterdir()):
-        return set()
+        return set(), set()
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         manifest = None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{folder}: the folder is not empty and is not an xory model; choose a new or empty "
                           "folder for the model (nothing was changed)")
     files = manifest.get("files")
+    files = files if isinstance(files, dict) else {}
     # A file counts as the model's only when its bytes match the manifest's checksum: a hand-edited manifest that
     # names a user's file (or a path outside the folder) never gets that file replaced.
-    return {"manifest.json", *(name for name, digest in (files.items() if isinstance(files, dict) else [])
-                               if isinstance(name, str) and Path(name).name == name and (folder / name).is_file()
-                               and file_sha256(folder / name) == digest)}
+    owned = {"manifest.json", *(name for name, digest in files.items()
+                                if isinstance(name, str) and Path(name).name == name and (folder / name).is_file()
+                                and file_sha256(folder / name) == digest)}
+    return owned, {name for name in files if isinstance(name, str)}
 
 
 @dataclass
@@ -123,6 +129,11 @@ class ModelBundle:
         """Write the bundle to `folder` atomically. An existing `folder` must be empty or an xory model: its own
         files are replaced, anything else in it (a report.html) is kept; any other path is refused untouched."""
         folder = Path(folder).resolve()
+        for name in self.extra_files:
+            if not isinstance(name, str) or Path(name).name != name or name in ("", ".", "..", "manifest.json",
+                                                                                  ARRAYS_FILE):
+                raise BundleError(f"extra file name {name!r}: give a plain file name other than manifest.json and "
+                                  f"{ARRAYS_FILE} (nothing was written)")
         owned = owned_model_files(folder, ["manifest.json", ARRAYS_FILE, *self.extra_files])
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))

@@ -327,7 +327,7 @@ def format_metrics(m: dict) -> str:
         lines.append(f"  {g} member accuracy {_f(c['accuracy'])} ({c['photos']} photos with a face)")
     if "neither_share" in m:
         lines.append(f"  negatives answered 'neither': {_f(m['neither_share'])} ({m['negatives']} photos)")
-    lines.append(f"  answered from the whole image (no face): {_f(m['no_face_share'])}")
+    lines.append(f"  answered from the whole image: {_f(m['no_face_share'])}")
     for lvl, lv in m.get("levels", {}).items():
         lines.append(f"  {lvl} level: {lv['photos']} photos, error {_f(lv['error'])}, "
                      f"balanced error {_f(lv['balanced_error'])}")

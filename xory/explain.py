@@ -188,13 +188,23 @@ def explain(model: Model, source, name: str | None = None, grid: int = 7,
 
 
 def _header(p: Prediction, note: str, width: int) -> Image.Image:
+    """The answer line, and the note wrapped to `width` (a narrow picture gets more lines, never a cut sentence)."""
     from .draw import INK, font
 
-    out = Image.new("RGB", (width, 58), "white")
+    small = font(13)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines: list[str] = []
+    for word in note.split():
+        if lines and measure.textlength(f"{lines[-1]} {word}", font=small) <= width - 20:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    out = Image.new("RGB", (width, 40 + 18 * len(lines)), "white")
     d = ImageDraw.Draw(out)
     rest = "   ".join(f"{k} {v:.0%}" for k, v in list(p.confidences.items())[1:])
     d.text((10, 6), f"Answer: {p.label} {p.confidences[p.label]:.0%}    ({rest})", fill=INK, font=font(20))
-    d.text((10, 34), note, fill=(80, 80, 80), font=font(13))
+    for i, line in enumerate(lines):
+        d.text((10, 34 + 18 * i), line, fill=(80, 80, 80), font=small)
     return out
 
 
@@ -217,9 +227,10 @@ def render(photo: Photo, ex: Explanation, side: int = 640) -> Image.Image:
         where = (f"where the whole-image head, which alone would answer '{ex.cam_class}', found its evidence"
                  if p.method == "unfamiliar" else f"where the evidence for '{ex.cam_class}' lies")
         note = f"{p.how[0].upper() + p.how[1:]}. Right: {where} (class activation map; yellow = most)."
-        out = Image.new("RGB", (body.width, body.height + 58), "white")
-        out.paste(_header(p, note, body.width), (0, 0))
-        out.paste(body, (0, 58))
+        header = _header(p, note, body.width)
+        out = Image.new("RGB", (body.width, body.height + header.height), "white")
+        out.paste(header, (0, 0))
+        out.paste(body, (0, header.height))
         return out
     boxed = boxes_image(image, [[v * scale for v in f.face.box] for f in ex.faces],
                         [f"{i} {f.face.label}" for i, f in enumerate(ex.faces, 1)], max_side=side)
@@ -258,9 +269,10 @@ def render(photo: Photo, ex: Explanation, side: int = 640) -> Image.Image:
               "Heat: where greying out the face lowers its member's probability (yellow = most).")
     width = max(boxed.width + panel_w + 30, int(ImageDraw.Draw(rows).textlength(footer, font=font(12))) + 20)
     note = f"{len(ex.faces)} face(s): the answer is the mean of the faces' votes, each weighted by its width."
-    out = Image.new("RGB", (width, max(boxed.height, rows.height) + 90), "white")
-    out.paste(_header(p, note, width), (0, 0))
-    out.paste(boxed, (10, 68))
-    out.paste(rows, (boxed.width + 20, 68))
+    header = _header(p, note, width)
+    out = Image.new("RGB", (width, max(boxed.height, rows.height) + header.height + 32), "white")
+    out.paste(header, (0, 0))
+    out.paste(boxed, (10, header.height + 10))
+    out.paste(rows, (boxed.width + 20, header.height + 10))
     ImageDraw.Draw(out).text((10, out.height - 18), footer, fill=(80, 80, 80), font=font(12))
     return out

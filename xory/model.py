@@ -87,7 +87,7 @@ class Prediction:
         img = self.image(max_side=480)
         rows = "".join(f"<tr><td>{escape(k)}</td><td>{v:.1%}</td></tr>" for k, v in self.confidences.items())
         faces = "".join(f"<li>{escape(str(f.label))} ({escape(str(f.group))}) {f.confidence:.0%}, box {f.box}</li>"
-                        for f in self.faces) or "<li>no face found: the whole photo decided</li>"
+                        for f in self.faces) or f"<li>{escape(self.how)}</li>"
         pic = f'<img src="{data_url(img, "JPEG")}" style="max-width:480px">' if img is not None else ""
         return (f"<div><p><b>{escape(str(self.label))}</b> &mdash; {escape(self.path)}</p>"
                 f"<table>{rows}</table><ul>{faces}</ul>{pic}</div>")

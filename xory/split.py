@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 import os
 import random
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .bundle import FORMAT as BUNDLE_FORMAT
+from .bundle import FORMAT as BUNDLE_FORMAT, readable_by_others
 from .dataset import Sample
 from .features.cache import PhotoFeatures
 
@@ -135,21 +136,33 @@ def save_split(path: str | Path, train: list[str], test: list[str], seed: int, h
     doc = {"format": SPLIT_FORMAT, "version": 1, "seed": seed, "holdout": holdout,
            "train": sorted(set(train)), "test": sorted(set(test))}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # a fresh name: no clobbering
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(doc, indent=1) + "\n")
+        readable_by_others(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path
+
 
 
 def load_split(path: str | Path) -> dict:
     """Read a split file; {"train": set of sha256, "test": set of sha256, "seed", "holdout"}."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a folder, a FIFO (reading it would hang), a device
+        raise ValueError(f"{path}: not a split file (a {'folder' if path.is_dir() else 'special file'}; give the "
+                         "JSON file `xory data split` wrote)")
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: split file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not a split file (invalid JSON: {e})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not a split file (nested too deeply)") from None
     if not isinstance(doc, dict) or doc.get("format") != SPLIT_FORMAT:
         raise ValueError(f"{path}: not a split file (expected \"format\": \"{SPLIT_FORMAT}\")")
     for side in ("train", "test"):

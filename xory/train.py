@@ -178,9 +178,10 @@ def load_table(cfg: TrainConfig, ds: Dataset, log: Callable[[str], None] = print
     return table
 
 
-def check_config(cfg: TrainConfig) -> set[str] | None:
+def check_config(cfg: TrainConfig, writes: tuple[str, ...] = ("heads.npz",)) -> set[str] | None:
     """Refuse bad options (--holdout, --split, --out, --folds, --unknown-below, --workers) before any work; the split
-    file's held-out hashes, if one is given."""
+    file's held-out hashes, if one is given. `writes`: the files the save will put in --out besides manifest.json
+    and split.json (a user's entry of that name there is refused now, not after the training)."""
     if cfg.folds < 0 or cfg.folds == 1:
         raise ValueError(f"--folds {cfg.folds}: give 0 (no cross-validation) or at least 2")
     if not 0 <= cfg.unknown_below < 1:
@@ -193,7 +194,7 @@ def check_config(cfg: TrainConfig) -> set[str] | None:
     if cfg.split and cfg.holdout:
         raise ValueError("give --split or --holdout, not both (a split file already says which photos are held out)")
     # --out pointed at photos, a file, or a model folder holding a user's split.json: refused now, not after minutes
-    owned_model_files(Path(cfg.out).resolve(), ["heads.npz", *([SPLIT_FILE] if cfg.split or cfg.holdout else [])])
+    owned_model_files(Path(cfg.out).resolve(), [*writes, *([SPLIT_FILE] if cfg.split or cfg.holdout else [])])
     return load_split(cfg.split)["test"] if cfg.split else None
 
 
