@@ -3,8 +3,9 @@
 Classes are label paths ("bts/jimin", "neither"); a top-level class's probability is the sum of its leaves'.
 Several faces: the photo's distribution is the mean of the faces' top-level distributions, each face weighted
 by its width in pixels (the face a photo is about is usually the largest; a face in the crowd counts less).
-Naming faces: one photo shows each member at most once, so the members of a group are given to that group's
-faces jointly (the assignment with the highest summed log-probability), never twice to two faces."""
+Naming faces: one photo usually shows each member once, so the members of a group are given to that group's
+faces jointly (the assignment with the highest summed log-probability), not twice to two faces, unless a face
+gives its assigned member less than RENAME_MIN (a collage of one person keeps that person's name)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -136,7 +137,7 @@ RENAME_MIN = 0.1
 def assign_members(leaf_p: np.ndarray, classes: list[str], unknown: np.ndarray | None = None) -> np.ndarray:
     """(faces, leaves) -> each face's class index. A face keeps its group (its most likely leaf's); within a
     group, members go to faces by the assignment that maximises the summed log-probability, so two faces in one
-    photo are never the same member. A group with more faces than members names the rest by their best leaf, and a
+    photo are not the same member. A group with more faces than members names the rest by their best leaf, and a
     face whose assigned member is below RENAME_MIN keeps its best leaf (one person shown several times).
     Faces marked `unknown` (answered "neither" by the unknown-face rule) keep their best leaf and take no member."""
     from scipy.optimize import linear_sum_assignment
