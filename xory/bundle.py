@@ -16,7 +16,7 @@ from typing import Iterable
 
 import numpy as np
 
-__all__ = ["ModelBundle", "BundleError", "SCHEMA_VERSION", "default_model_dir", "file_sha256", "swap_folder", "owned_model_files",
+__all__ = ["ModelBundle", "BundleError", "SCHEMA_VERSION", "default_model_dir", "file_sha256", "swap_folder", "owned_model_files", "listed_by_model",
            "readable_by_others"]
 
 SCHEMA_VERSION = 1
@@ -90,6 +90,21 @@ def owned_model_files(folder: Path, writes: Iterable[str] = ()) -> set[str]:
     return owned
 
 
+def _model_manifest(folder: Path) -> dict | None:
+    """The manifest of the xory model at `folder`, or None when there is none (or it is not an xory manifest)."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
+
+
+def listed_by_model(path: Path) -> bool:
+    """Whether `path` is one of the files the model in its folder lists (its checksum is in that manifest)."""
+    files = (_model_manifest(path.parent) or {}).get("files")
+    return isinstance(files, dict) and path.name in files
+
+
 def _owned(folder: Path) -> tuple[set[str], set[str]]:
     """(the names whose bytes match the manifest's checksums, every name the manifest lists)."""
     if not folder.exists():
@@ -99,11 +114,8 @@ def _owned(folder: Path) -> tuple[set[str], set[str]]:
                           "changed)")
     if not any(folder.iterdir()):
         return set(), set()
-    try:
-        manifest = json.loads((folder / "manifest.json").read_text())
-    except (OSError, ValueError, RecursionError):
-        manifest = None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    manifest = _model_manifest(folder)
+    if manifest is None:
         raise BundleError(f"{folder}: the folder is not empty and is not an xory model; choose a new or empty "
                           "folder for the model (nothing was changed)")
     files = manifest.get("files")

@@ -60,6 +60,13 @@ class Explanation:
     cam_class: str | None = None
     image: Image.Image | None = field(default=None, repr=False)  # the rendered explanation
 
+    @property
+    def heat_map_shows(self) -> str:
+        """What the class activation map shows (for an unfamiliar photo: the head's class, not the answer's)."""
+        if self.prediction.method == "unfamiliar":
+            return f"where the whole-image head, which alone would answer '{self.cam_class}', found its evidence"
+        return f"where the evidence for '{self.cam_class}' lies"
+
     def to_json(self, heatmap: bool = False) -> dict:
         p = self.prediction
         out = {**p.to_json(), "method": p.method, "similarity": p.similarity,
@@ -105,9 +112,7 @@ class Explanation:
                 lines.append(f"  #{i} {f.face.label} ({f.face.group}) {f.face.confidence:.0%}, box {f.face.box}, "
                              f"weight {f.weight:.2f}, adds {f.contributions.get(p.label, 0):.3f}{part}")
         else:
-            where = (f"where the whole-image head, which alone would answer '{self.cam_class}', found its evidence"
-                     if p.method == "unfamiliar" else f"where the evidence for '{self.cam_class}' lies")
-            lines.append(f"  {p.how}; the heat map shows {where} (class activation map)")
+            lines.append(f"  {p.how}; the heat map shows {self.heat_map_shows} (class activation map)")
         return "\n".join(lines)
 
 
@@ -224,9 +229,7 @@ def render(photo: Photo, ex: Explanation, side: int = 640) -> Image.Image:
         body = Image.new("RGB", (small.width * 2 + 30, small.height + 30), "white")
         body.paste(small, (10, 10))
         body.paste(heat, (small.width + 20, 10))
-        where = (f"where the whole-image head, which alone would answer '{ex.cam_class}', found its evidence"
-                 if p.method == "unfamiliar" else f"where the evidence for '{ex.cam_class}' lies")
-        note = f"{p.how[0].upper() + p.how[1:]}. Right: {where} (class activation map; yellow = most)."
+        note = f"{p.how[0].upper() + p.how[1:]}. Right: {ex.heat_map_shows} (class activation map; yellow = most)."
         header = _header(p, note, body.width)
         out = Image.new("RGB", (body.width, body.height + header.height), "white")
         out.paste(header, (0, 0))

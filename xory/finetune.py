@@ -36,7 +36,7 @@ except ImportError as e:  # pragma: no cover - the core install
 
 from PIL import Image
 
-from .bundle import ModelBundle, file_sha256
+from .bundle import ARRAYS_FILE, ModelBundle, file_sha256
 from .dataset import NEITHER, Sample, scan
 from .evaluate import evaluate_split, format_metrics
 from .features.cache import PhotoFeatures
@@ -212,7 +212,7 @@ def finetune(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> Finetun
     """Scan, split, fine-tune, export to ONNX inside the bundle, measure on the hold-out, save. Image mode only."""
     if cfg.epochs + cfg.frozen_epochs < 1 or cfg.epochs < 0 or cfg.frozen_epochs < 0:
         raise ValueError(f"fine-tuning needs at least one epoch (epochs {cfg.epochs}, frozen {cfg.frozen_epochs})")
-    check_config(cfg, writes=("heads.npz", BACKBONE_FILE))
+    check_config(cfg, writes=(ARRAYS_FILE, BACKBONE_FILE))
     t0 = time.time()
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import FORMAT as BUNDLE_FORMAT, readable_by_others
+from .bundle import listed_by_model, readable_by_others
 from .dataset import Sample
 from .features.cache import PhotoFeatures
 
@@ -120,12 +120,7 @@ def check_split_out(path: str | Path) -> None:
     except ValueError:
         raise ValueError(f"{path}: exists and is not a split file; nothing was changed "
                          "(choose another --out)") from None
-    try:
-        manifest = json.loads((path.parent / "manifest.json").read_text())
-        in_model = path.name in manifest.get("files", {}) and manifest.get("format") == BUNDLE_FORMAT
-    except (OSError, ValueError, AttributeError, TypeError):
-        in_model = False
-    if in_model:
+    if listed_by_model(path):
         raise ValueError(f"{path}: is the split a model was trained on (its manifest.json holds its checksum); "
                          "nothing was changed (choose another --out)")
 
@@ -146,7 +141,6 @@ def save_split(path: str | Path, train: list[str], test: list[str], seed: int, h
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
-
 
 
 def load_split(path: str | Path) -> dict:

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from .bundle import ModelBundle, file_sha256, owned_model_files
+from .bundle import ARRAYS_FILE, ModelBundle, file_sha256, owned_model_files
 from .crossval import HeadRecipe, cross_validate
 from .dataset import NEITHER, Dataset, Sample, scan
 from .evaluate import evaluate_split, format_metrics
@@ -178,7 +178,7 @@ def load_table(cfg: TrainConfig, ds: Dataset, log: Callable[[str], None] = print
     return table
 
 
-def check_config(cfg: TrainConfig, writes: tuple[str, ...] = ("heads.npz",)) -> set[str] | None:
+def check_config(cfg: TrainConfig, writes: tuple[str, ...] = (ARRAYS_FILE,)) -> set[str] | None:
     """Refuse bad options (--holdout, --split, --out, --folds, --unknown-below, --workers) before any work; the split
     file's held-out hashes, if one is given. `writes`: the files the save will put in --out besides manifest.json
     and split.json (a user's entry of that name there is refused now, not after the training)."""
